@@ -1,0 +1,1 @@
+"""The ThinkGen model components: the MLLM wrapper, VGI-refine, the DiT and the image codec."""
