@@ -1,0 +1,66 @@
+"""``thinkgen world …`` subcommands.
+
+Each subcommand lives in its own ``_add_*_command`` function that registers a parser and sets
+``handler=`` through ``set_defaults``; :func:`add_commands` calls them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .export import export_samples
+from .scenarios import SCENARIOS, iter_samples, resolve_scenarios
+from .scene import PRESETS, get_preset
+from .sheet import contact_sheet
+from .splits import SPLITS, check_split
+
+logger = logging.getLogger(__name__)
+
+SHEET_MAX_SAMPLES = 48  # the contact sheet shows at most this many samples, to stay a readable size
+SHEET_NAME = "contact_sheet.png"
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``world`` subcommands on ``subparsers``."""
+    _add_sample_command(subparsers)
+
+
+def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="write world samples (PNG images, JSONL records, a contact sheet)",
+        description=(
+            "Generate samples of the nano world and write OUT/images/*.png, OUT/samples.jsonl, "
+            f"OUT/world.json and OUT/{SHEET_NAME}. "
+            "Example: thinkgen world sample --scenario reasoning -n 16 --out /tmp/world"
+        ),
+    )
+    parser.add_argument("--scenario", default="all", help=f"one of {', '.join(SCENARIOS)}, or all (default: all)")
+    parser.add_argument("-n", "--num-samples", type=int, default=16, help="how many samples (default: 16)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    parser.add_argument("--seed", type=int, default=0, help="stream seed (default: 0)")
+    parser.add_argument("--split", default="train", help=f"one of {', '.join(SPLITS)} (default: train)")
+    parser.add_argument("--preset", default="nano", help=f"world preset: {', '.join(PRESETS)} (default: nano)")
+    parser.set_defaults(handler=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    # 1. Check every input before writing anything.
+    scenarios = resolve_scenarios(args.scenario)
+    check_split(args.split)
+    config = get_preset(args.preset)
+    if args.num_samples < 1:
+        raise ValueError(f"-n/--num-samples={args.num_samples} must be >= 1")
+    # 2. Generate (scenarios in turn, so "all" shows each of them).
+    stream = iter_samples(scenarios, config=config, seed=args.seed, split=args.split, stop=args.num_samples)
+    samples = list(tqdm(stream, total=args.num_samples, desc="world samples", disable=None))
+    # 3. Write images, records and the contact sheet.
+    jsonl = export_samples(samples, args.out)
+    sheet = contact_sheet(samples[:SHEET_MAX_SAMPLES])
+    sheet.save(args.out / SHEET_NAME)
+    logger.info("records: %s; contact sheet: %s", jsonl, args.out / SHEET_NAME)
+    return 0

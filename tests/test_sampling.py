@@ -1,0 +1,133 @@
+"""Flow sampling: shifted timesteps, guided Euler loop vs the released sampler, batching, SDE log-prob."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from dit_oracle import load_oracle, oracle_model
+
+from thinkgen.sampling import (
+    build_guidance_conditions,
+    euler_step,
+    flow_timesteps,
+    guided_velocity,
+    sample_latents,
+    sde_step_with_logprob,
+    time_shift_factor,
+)
+
+
+def test_timesteps_match_released_schedule():
+    _, t = load_oracle("sample_t2i_cfg4_6steps")
+    grid = flow_timesteps(6, 8, 8)
+    torch.testing.assert_close(grid[:-1], t["output.timesteps"])
+    assert grid[-1] == 1.0
+    assert time_shift_factor(128, 128) == pytest.approx(3.2)  # 1024² pixels
+    assert torch.all(flow_timesteps(50, 128, 128).diff() > 0)
+
+
+@pytest.mark.parametrize("use_batched_guidance", [True, False])
+def test_guided_euler_sampling_matches_released_sampler(use_batched_guidance):
+    meta, t = load_oracle("sample_t2i_cfg4_6steps")
+    model = oracle_model("sample_t2i_cfg4_6steps")
+    out = sample_latents(
+        model, t["input.initial_latents"], t["input.prompt_embeds"], t["input.prompt_attention_mask"],
+        t["input.negative_prompt_embeds"], t["input.negative_prompt_attention_mask"],
+        num_inference_steps=int(meta["num_inference_steps"]), guidance_scale=float(meta["text_guidance_scale"]),
+        image_guidance_scale=float(meta["image_guidance_scale"]), use_batched_guidance=use_batched_guidance,
+    )
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, t["output.final_latents"], rtol=1e-4, atol=1e-4)
+
+
+def _edit_inputs():
+    g = torch.Generator().manual_seed(1)
+    refs = [[torch.randn(4, 8, 6, generator=g)], [torch.randn(4, 4, 8, generator=g), torch.randn(4, 6, 6, generator=g)]]
+    prompt_mask = torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])
+    return dict(
+        latents=torch.randn(2, 4, 8, 8, generator=g), prompt_embeds=torch.randn(2, 5, 48, generator=g),
+        prompt_attention_mask=prompt_mask, negative_prompt_embeds=torch.randn(2, 2, 48, generator=g),
+        negative_prompt_attention_mask=torch.ones(2, 2, dtype=torch.long), ref_latents=refs,
+    )
+
+
+def test_all_guidance_branches_share_one_dit_call_per_step():
+    model = oracle_model()
+    batch_sizes = []
+    model.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    inputs = _edit_inputs()
+    batched = sample_latents(model, **inputs, num_inference_steps=4, guidance_scale=4.0, image_guidance_scale=2.0,
+                             cfg_range=(0.0, 0.5))
+    # Steps 0–2 (i/N ≤ 0.5) run c, r and u as one batch of 3·B; step 3 runs c alone.
+    assert batch_sizes == [6, 6, 6, 2]
+    batch_sizes.clear()
+    sequential = sample_latents(model, **inputs, num_inference_steps=4, guidance_scale=4.0,
+                                image_guidance_scale=2.0, cfg_range=(0.0, 0.5), use_batched_guidance=False)
+    assert batch_sizes == [2] * 10
+    # Equal up to float round-off (amplified by the guidance scales).
+    torch.testing.assert_close(batched, sequential, rtol=1e-4, atol=1e-4)
+
+
+def test_guidance_combines_branches_as_released():
+    """A stub DiT whose velocity is the first text feature, plus 1 when it sees reference images."""
+
+    def stub(latents, timestep, text, mask, refs):
+        seen = torch.tensor([1.0 if refs is not None and refs[i] else 0.0 for i in range(len(latents))])
+        return SimpleNamespace(sample=(text[:, 0, 0] + seen)[:, None, None, None].expand_as(latents))
+
+    inputs = _edit_inputs()
+    latents = inputs.pop("latents")
+    conditions = build_guidance_conditions(**inputs)
+    c = inputs["prompt_embeds"][:, 0, 0]
+    n = inputs["negative_prompt_embeds"][:, 0, 0]
+    both = guided_velocity(stub, latents, 0.5, conditions, guidance_scale=4.0, image_guidance_scale=2.0)
+    # u + s_i (r − u) + s_t (c − r) with c = pc + 1, r = pn + 1, u = pn.
+    torch.testing.assert_close(both[:, 0, 0, 0], n + 2.0 * 1 + 4.0 * (c - n))
+    text_only = guided_velocity(stub, latents, 0.5, conditions, guidance_scale=4.0, image_guidance_scale=1.0)
+    torch.testing.assert_close(text_only[:, 0, 0, 0], n + 4.0 * (c + 1 - n))  # u + s_t (c − u)
+    off = guided_velocity(stub, latents, 0.5, conditions, guidance_scale=1.0, image_guidance_scale=1.0)
+    torch.testing.assert_close(off[:, 0, 0, 0], c + 1)
+
+
+def _flow_grpo_mean_std(x, v, t, t_next, a):
+    """Flow-GRPO's step written in its own convention: σ = 1 − t noise time, v_σ = −v."""
+    sigma, sigma_next = 1 - t, 1 - t_next
+    v_sigma, d_sigma = -v, sigma_next - sigma
+    std_s = a * math.sqrt(sigma / (1 - sigma))
+    mean = x + (v_sigma + std_s**2 / (2 * sigma) * (x + (1 - sigma) * v_sigma)) * d_sigma
+    return mean, std_s * math.sqrt(-d_sigma)
+
+
+def test_sde_step_is_flow_grpo_step_and_gaussian_log_density():
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    out = sde_step_with_logprob(x, v, 0.4, 0.55, noise_level=0.7, generator=g)
+    mean, std = _flow_grpo_mean_std(x, v, 0.4, 0.55, 0.7)
+    torch.testing.assert_close(out.mean, mean)
+    torch.testing.assert_close(out.std.flatten(), torch.full((3,), std))
+    expected = torch.distributions.Normal(mean, std).log_prob(out.latents).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(out.log_prob, expected)
+    # Re-evaluating recorded latents gives the same log-prob, differentiable through the mean.
+    v_new = v.clone().requires_grad_()
+    again = sde_step_with_logprob(x, v_new, 0.4, 0.55, noise_level=0.7, next_latents=out.latents)
+    torch.testing.assert_close(again.log_prob, out.log_prob)
+    again.log_prob.sum().backward()
+    assert v_new.grad.abs().sum() > 0
+    # A sample far from the mean is less likely.
+    far = sde_step_with_logprob(x, v, 0.4, 0.55, noise_level=0.7, next_latents=out.mean + 5 * out.std)
+    assert torch.all(far.log_prob < out.log_prob)
+
+
+def test_sde_step_tends_to_euler_step_and_handles_pure_noise():
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    euler = euler_step(x, v, 0.3, 0.5)
+    for a in (1e-2, 1e-4):
+        out = sde_step_with_logprob(x, v, 0.3, 0.5, noise_level=a, generator=g)
+        torch.testing.assert_close(out.latents, euler, rtol=0, atol=20 * a)
+        torch.testing.assert_close(out.mean, euler, rtol=0, atol=20 * a**2)
+    first = sde_step_with_logprob(x, v, torch.zeros(2), torch.full((2,), 0.2), generator=g)
+    assert torch.isfinite(first.latents).all() and torch.isfinite(first.log_prob).all()
+    with pytest.raises(ValueError, match="noise_level"):
+        sde_step_with_logprob(x, v, 0.3, 0.5, noise_level=0.0)
