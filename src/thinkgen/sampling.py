@@ -26,7 +26,7 @@ a step go through the DiT as one batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -323,6 +323,7 @@ def sample_latents(
     image_guidance_scale: float = 2.0,
     cfg_range: tuple[float, float] = (0.0, 1.0),
     use_batched_guidance: bool = True,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Integrate the flow ODE from noise to data with Euler steps and guidance.
 
@@ -338,6 +339,7 @@ def sample_latents(
         image_guidance_scale: Image guidance ``s_i`` (2.0; used only with reference images).
         cfg_range: Guidance applies at step ``i`` iff ``cfg_range[0] ≤ i / N ≤ cfg_range[1]``.
         use_batched_guidance: See :func:`guided_velocity`.
+        callback: Called as ``callback(i, latents)`` after step ``i`` (progress bars, previews).
 
     Returns:
         ``(B, C, H, W)`` float32 latents at t = 1.
@@ -360,4 +362,6 @@ def sample_latents(
             use_batched_guidance,
         )
         latents = euler_step(latents, velocity, timesteps[i], timesteps[i + 1])
+        if callback is not None:
+            callback(i, latents)
     return latents

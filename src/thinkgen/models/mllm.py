@@ -31,6 +31,8 @@ from transformers import (
     Qwen3VLProcessor,
 )
 
+from transformers.generation.streamers import BaseStreamer
+
 from thinkgen.models.capture import ConditioningCapture
 from thinkgen.models.refine import ON_MISSING_THINK_END, OnMissingThinkEnd, first_true_index, vgi_refine
 
@@ -322,7 +324,15 @@ class ThinkGenMLLM:
 
         Extra keyword arguments go to :class:`ThinkGenMLLM` (``max_image_pixels``, ``system_prompt``).
         """
-        model = Qwen3VLForConditionalGeneration.from_pretrained(directory, dtype=torch_dtype)
+        model, info = Qwen3VLForConditionalGeneration.from_pretrained(
+            directory, dtype=torch_dtype, output_loading_info=True
+        )
+        # transformers initialises missing weights at random and only warns; a half-loaded MLLM is an error here.
+        problems = {k: v for k, v in info.items() if k != "error_msgs" and v} | (
+            {"error_msgs": info["error_msgs"]} if info.get("error_msgs") else {}
+        )
+        if problems:
+            raise ValueError(f"MLLM weights in {directory} do not match its config: {problems}")
         if device is not None:
             model = model.to(device)
         processor = Qwen3VLImageProcessor.from_pretrained(processor_directory or directory)
@@ -394,6 +404,7 @@ class ThinkGenMLLM:
         inputs: dict[str, torch.Tensor],
         thinking: ThinkingConfig,
         logits_processor: LogitsProcessorList | None,
+        streamer: BaseStreamer | None = None,
     ) -> torch.Tensor:
         """Run ``generate`` with the thinking budget; returns the full sequences `(B, T_prompt + n)`."""
         prompt_length = inputs["input_ids"].shape[1]
@@ -420,7 +431,7 @@ class ThinkGenMLLM:
             if thinking.seed is not None:
                 torch.manual_seed(thinking.seed)
             return self.model.generate(
-                **inputs, generation_config=generation_config, logits_processor=processors
+                **inputs, generation_config=generation_config, logits_processor=processors, streamer=streamer
             )
 
     @torch.no_grad()
@@ -431,6 +442,7 @@ class ThinkGenMLLM:
         think: bool = True,
         thinking: ThinkingConfig | None = None,
         logits_processor: LogitsProcessorList | None = None,
+        streamer: BaseStreamer | None = None,
     ) -> MLLMOutput:
         """Turn prompts (+ input images) into the DiT's instruction states.
 
@@ -441,6 +453,7 @@ class ThinkGenMLLM:
                 or encode the no-think template in one forward pass (right-padded batch).
             thinking (`ThinkingConfig`, *optional*): generation controls (think mode only).
             logits_processor (`LogitsProcessorList`, *optional*): extra processors, run before the budget.
+            streamer (`BaseStreamer`, *optional*): receives tokens as they are generated (think mode, batch 1).
 
         Returns:
             :class:`MLLMOutput`.
@@ -451,7 +464,7 @@ class ThinkGenMLLM:
             for p, row in zip(prompts, images_per_row)
         ]
         if think:
-            return self._encode_think(texts, images_per_row, thinking or ThinkingConfig(), logits_processor)
+            return self._encode_think(texts, images_per_row, thinking or ThinkingConfig(), logits_processor, streamer)
         return self._encode_no_think(prompts, texts, images_per_row)
 
     def _encode_no_think(
@@ -490,11 +503,12 @@ class ThinkGenMLLM:
         images: list[list[Image.Image]],
         thinking: ThinkingConfig,
         logits_processor: LogitsProcessorList | None,
+        streamer: BaseStreamer | None = None,
     ) -> MLLMOutput:
         inputs = self._processor_inputs(texts, images, padding_side="left")
         prompt_length = inputs["input_ids"].shape[1]
         with ConditioningCapture(self.model, keep_prefill=False) as capture:
-            sequences = self._generate(inputs, thinking, logits_processor)
+            sequences = self._generate(inputs, thinking, logits_processor, streamer)
         generated_ids = sequences[:, prompt_length:]  # (B, n)
         # Token i of the generation is fed (and gets its states) at decoding step i + 1; the last one never is.
         num_fed = max(generated_ids.shape[1] - 1, 0)
@@ -533,6 +547,30 @@ class ThinkGenMLLM:
         return text, reasoning, instruction, generated_ids[: end + 1]
 
     @torch.no_grad()
+    @torch.no_grad()
+    def think_end_probability(
+        self,
+        prompt: str | Sequence[str],
+        images: Sequence[Image.Image] | Sequence[Sequence[Image.Image]] | None = None,
+    ) -> torch.Tensor:
+        """The model's probability of closing its thought at once, per prompt: ``p(</think> | … <think>\\n)``.
+
+        One prefill forward over the think template. It is how ``think="auto"`` lets the model decide: a model
+        that would write an empty thought does not need the (much longer) thinking generation.
+
+        Returns:
+            `torch.Tensor` of shape `(B,)`, float32.
+        """
+        prompts, images_per_row = self._normalize(prompt, images)
+        texts = [
+            build_prompt(p, len(row), think=True, system_prompt=self.system_prompt)
+            for p, row in zip(prompts, images_per_row)
+        ]
+        # Left padding puts every row's last prompt token at the final position.
+        inputs = self._processor_inputs(texts, images_per_row, padding_side="left")
+        logits = self.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()  # (B, V)
+        return logits.softmax(-1)[:, self.think_end_token_id]
+
     def understand(
         self,
         images: Sequence[Image.Image],

@@ -1,0 +1,658 @@
+"""``ThinkGenPipeline``: think → refine → draw.
+
+The pipeline only wires components; each step is a named method:
+
+1. check inputs;
+2. the MLLM encodes the prompt (thinking, or the one-pass no-think template) and VGI-refine keeps the
+   instruction span; the negative prompt goes through the no-think template;
+3. reference images are encoded by the codec;
+4. noise is drawn from the seed;
+5. the DiT samples (all guidance branches of a step in one batched call);
+6. the codec decodes.
+
+Example:
+    >>> pipe = ThinkGenPipeline.from_pretrained("path/to/model")
+    >>> out = pipe("as many triangles as a tricycle has wheels, coloured like the sky", think=True, seed=0)
+    >>> out.images[0].save("triangles.png"); print(out.reasoning[0], "→", out.instruction[0])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+
+from .imageio import load_image, pil_to_tensor, tensor_to_pil
+from .models.dit import ThinkGenTransformer2DModel
+from .models.mllm import MLLMOutput, ThinkGenMLLM, ThinkingConfig
+from .models.vae import ImageCodec, load_codec
+from .sampling import sample_latents
+
+logger = logging.getLogger(__name__)
+
+MODEL_INDEX = "model_index.json"
+SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True}
+# The default negative prompt of the released inference code.
+RELEASED_NEGATIVE_PROMPT = (
+    "(((deformed))), blurry, over saturation, bad anatomy, disfigured, poorly drawn face, mutation, mutated, "
+    "(extra_limb), (ugly), (poorly drawn hands), fused fingers, messy drawing, broken legs censor, censored, "
+    "censor_bar"
+)
+MAX_REFERENCE_IMAGES = 5
+Think = bool | Literal["auto"]
+ImageInput = Image.Image | str | Path
+
+
+@dataclass
+class PipelineConfig:
+    """Defaults and limits of a pipeline, saved in ``model_index.json`` under ``"thinkgen"``.
+
+    Attributes:
+        height, width: output size when the call gives none and no single input image sets it.
+        num_inference_steps, guidance_scale, image_guidance_scale, cfg_range: sampler defaults (the released
+            code's: 50 steps, text 4.0, image 2.0, whole range).
+        negative_prompt: encoded through the no-think template for the unconditional branches.
+        max_prompt_chars: longest prompt accepted.
+        max_image_pixels: largest output (height·width) and largest input image after resizing.
+        think_auto_threshold: ``think="auto"`` skips thinking where the MLLM's probability of closing its thought
+            at once is at least this.
+        reflection_template: how a reflection round asks the MLLM to check an image against ``{prompt}``.
+        match_verdict: the instruction by which the MLLM says the image already matches.
+    """
+
+    height: int = 1024
+    width: int = 1024
+    num_inference_steps: int = 50
+    guidance_scale: float = 4.0
+    image_guidance_scale: float = 2.0
+    cfg_range: tuple[float, float] = (0.0, 1.0)
+    negative_prompt: str = RELEASED_NEGATIVE_PROMPT
+    max_prompt_chars: int = 4000
+    max_image_pixels: int = 2048 * 2048
+    think_auto_threshold: float = 0.5
+    reflection_template: str = "The prompt was: {prompt}. Does the image match? If not, give an edit that fixes it."
+    match_verdict: str = "The image already matches the prompt."
+
+    def __post_init__(self) -> None:
+        self.cfg_range = tuple(self.cfg_range)  # JSON gives a list
+        if "{prompt}" not in self.reflection_template:
+            raise ValueError("reflection_template must contain '{prompt}'")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown pipeline setting(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class ThinkGenPipelineOutput:
+    """What a call returns.
+
+    Attributes:
+        images: ``num_images_per_prompt`` images per prompt, prompt-major (PIL, or a ``(N, 3, H, W)`` tensor in
+            [-1, 1] with ``output_type="pt"``, or latents with ``output_type="latent"``).
+        reasoning: per prompt, the text inside the thought ("" without thinking).
+        instruction: per prompt, the instruction the DiT drew from (the prompt itself without thinking).
+        thought: per prompt, whether the MLLM thought (matters for ``think="auto"``).
+        timings: seconds spent ``thinking`` (all MLLM work), ``denoising`` and ``decode``.
+        token_counts: ``generated`` tokens, ``instruction`` tokens (summed over prompts) and MLLM
+            ``forward_calls``.
+    """
+
+    images: list[Image.Image] | torch.Tensor
+    reasoning: list[str]
+    instruction: list[str]
+    thought: list[bool]
+    timings: dict[str, float] = field(default_factory=dict)
+    token_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ReflectionRound:
+    """One round of :meth:`ThinkGenPipeline.reflect`: the image, and the MLLM's verdict on it."""
+
+    image: Image.Image
+    critique: str
+    instruction: str
+    matches: bool
+
+
+@dataclass
+class ReflectionOutput:
+    """Every round of a reflection; ``image`` is the last one drawn."""
+
+    rounds: list[ReflectionRound]
+
+    @property
+    def image(self) -> Image.Image:
+        return self.rounds[-1].image
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value} is out of range; allowed: {low} to {high}")
+
+
+def load_transformer(path: str | Path, torch_dtype: torch.dtype | None = None) -> ThinkGenTransformer2DModel:
+    """Load a DiT folder strictly: every weight present and of the right shape, nothing extra.
+
+    The model is built on the meta device and the weights are assigned, so a 4B model never exists twice.
+    """
+    path = Path(path)
+    config = ThinkGenTransformer2DModel.load_config(path)
+    index = path / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["diffusion_pytorch_model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"missing DiT weights file {path / name}")
+        state.update(load_file(path / name))
+    with torch.device("meta"):
+        model = ThinkGenTransformer2DModel.from_config(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"DiT weights in {path} do not match its config: missing {missing[:8]}{'…' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}, wrong shape {wrong[:8]}"
+        )
+    if torch_dtype is not None:
+        state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+class ThinkGenPipeline:
+    """The decoupled MLLM + DiT model of ThinkGen, for every scenario.
+
+    Args:
+        mllm: the thinking MLLM with its processor.
+        transformer: the DiT.
+        codec: image ↔ latent codec (FLUX's ``AutoencoderKL`` at full scale, or a small one for nano).
+        config: defaults and limits.
+    """
+
+    def __init__(
+        self,
+        mllm: ThinkGenMLLM,
+        transformer: ThinkGenTransformer2DModel,
+        codec: ImageCodec,
+        config: PipelineConfig | None = None,
+    ) -> None:
+        self.mllm = mllm
+        self.transformer = transformer
+        self.codec = codec
+        self.config = config or PipelineConfig()
+        if mllm.hidden_size != transformer.config.text_feat_dim:
+            raise ValueError(
+                f"the MLLM's hidden size {mllm.hidden_size} does not match the DiT's text_feat_dim "
+                f"{transformer.config.text_feat_dim}"
+            )
+        if codec.latent_channels != transformer.config.in_channels:
+            raise ValueError(
+                f"the codec's {codec.latent_channels} latent channels do not match the DiT's in_channels "
+                f"{transformer.config.in_channels}"
+            )
+
+    # ---- loading and saving -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None
+    ) -> ThinkGenPipeline:
+        """Load a pipeline folder (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``, ``mllm/``,
+        ``processor/``): the released ThinkGen layout and ours. Every part must be there and complete."""
+        path = Path(path)
+        if not (path / MODEL_INDEX).is_file():
+            raise FileNotFoundError(f"{path} is not a ThinkGen model folder: no {MODEL_INDEX}")
+        for part in ("transformer", "vae", "mllm", "processor"):
+            if not (path / part).is_dir():
+                raise FileNotFoundError(f"model folder {path} has no {part}/ part")
+        index = json.loads((path / MODEL_INDEX).read_text())
+        config = PipelineConfig.from_dict(index.get("thinkgen", {}))
+        mllm = ThinkGenMLLM.from_pretrained(path / "mllm", path / "processor", torch_dtype=torch_dtype, device=device)
+        transformer = load_transformer(path / "transformer", torch_dtype)
+        codec = load_codec(path / "vae", torch_dtype)
+        if device is not None:
+            transformer.to(device)
+            if hasattr(codec, "vae"):
+                codec.vae.to(device)
+        return cls(mllm, transformer, codec, config)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the pipeline folder that :meth:`from_pretrained` reads, weights as safetensors."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(path / "transformer", safe_serialization=True)
+        self.codec.save_pretrained(path / "vae")
+        self.mllm.save_pretrained(path / "mllm", path / "processor")
+        (path / "scheduler").mkdir(exist_ok=True)
+        (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
+        index = {
+            "_class_name": "ThinkGenPipeline",
+            "transformer": ["thinkgen", "ThinkGenTransformer2DModel"],
+            "vae": ["thinkgen", type(self.codec).__name__],
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+            "mllm": ["transformers", "Qwen3VLForConditionalGeneration"],
+            "processor": ["transformers", "Qwen3VLProcessor"],
+            "thinkgen": dataclasses.asdict(self.config),
+        }
+        (path / MODEL_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def load_lora_weights(self, path: str | Path, adapter_name: str = "default") -> None:
+        """Load a PEFT LoRA adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) into the DiT."""
+        from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+        path = Path(path)
+        weights = path / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"no LoRA weights at {weights} (only safetensors adapters are loaded)")
+        lora_config = LoraConfig.from_pretrained(str(path))
+        inject_adapter_in_model(lora_config, self.transformer, adapter_name=adapter_name)
+        result = set_peft_model_state_dict(self.transformer, load_file(weights), adapter_name=adapter_name)
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"LoRA adapter {path} has weights the DiT does not: {unexpected[:8]}")
+
+    # ---- 1. inputs --------------------------------------------------------------------------------------
+
+    def _size_multiple(self) -> int:
+        return self.codec.downscale_factor * self.transformer.config.patch_size
+
+    def _check_inputs(
+        self,
+        prompts: list[str],
+        images: list[list[Image.Image]],
+        height: int,
+        width: int,
+        num_images_per_prompt: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        image_guidance_scale: float,
+        cfg_range: tuple[float, float],
+        think: Think,
+    ) -> None:
+        for prompt in prompts:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError("prompt must be a non-empty string")
+            if len(prompt) > self.config.max_prompt_chars:
+                raise ValueError(
+                    f"prompt is {len(prompt)} characters long; the limit is {self.config.max_prompt_chars}"
+                )
+        for row in images:
+            if len(row) > MAX_REFERENCE_IMAGES:
+                raise ValueError(f"{len(row)} input images given; at most {MAX_REFERENCE_IMAGES} are allowed")
+        multiple = self._size_multiple()
+        for name, value in (("height", height), ("width", width)):
+            if value < multiple or value % multiple:
+                raise ValueError(f"{name}={value} is not allowed; it must be a positive multiple of {multiple}")
+        if height * width > self.config.max_image_pixels:
+            raise ValueError(
+                f"{width}x{height} is {width * height} pixels; the limit is {self.config.max_image_pixels}"
+            )
+        _check_range("num_images_per_prompt", num_images_per_prompt, 1, 64)
+        _check_range("num_inference_steps", num_inference_steps, 1, 1000)
+        _check_range("guidance_scale", guidance_scale, 0.0, 30.0)
+        _check_range("image_guidance_scale", image_guidance_scale, 0.0, 30.0)
+        if len(cfg_range) != 2 or not 0.0 <= cfg_range[0] <= cfg_range[1] <= 1.0:
+            raise ValueError(f"cfg_range={cfg_range} must be (start, end) with 0 <= start <= end <= 1")
+        if think not in (True, False, "auto"):
+            raise ValueError(f"think={think!r} is not allowed; use True, False or 'auto'")
+
+    def _normalize_images(
+        self, images: Sequence[ImageInput] | Sequence[Sequence[ImageInput]] | None, num_prompts: int
+    ) -> list[list[Image.Image]]:
+        if images is None or len(images) == 0:
+            return [[] for _ in range(num_prompts)]
+        nested = isinstance(images[0], (list, tuple))
+        rows = [list(r) for r in images] if nested else [list(images)]
+        if len(rows) != num_prompts:
+            raise ValueError(f"{len(rows)} lists of input images given for {num_prompts} prompts")
+        limit = self.config.max_image_pixels * 4  # inputs are resized down, but not from anything at all
+        return [[load_image(im, max_pixels=limit) for im in row] for row in rows]
+
+    # ---- 2. prompt encoding -----------------------------------------------------------------------------
+
+    def _decide_thinking(self, prompts: list[str], images: list[list[Image.Image]], think: Think) -> list[bool]:
+        if think != "auto":
+            return [bool(think)] * len(prompts)
+        p_close = self.mllm.think_end_probability(prompts, images)
+        return [bool(p < self.config.think_auto_threshold) for p in p_close.tolist()]
+
+    def encode_prompt(
+        self,
+        prompts: list[str],
+        images: list[list[Image.Image]],
+        thinks: list[bool],
+        thinking: ThinkingConfig | None = None,
+        streamer: Any = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str], dict[str, int]]:
+        """Instruction states of each prompt, thinking where ``thinks`` says so.
+
+        Returns:
+            states ``(B, L, 2·D)``, mask ``(B, L)`` bool, reasoning and instruction texts, token counts.
+        """
+        outputs: dict[bool, tuple[list[int], MLLMOutput]] = {}
+        for mode in (True, False):
+            rows = [i for i, t in enumerate(thinks) if t == mode]
+            if rows:
+                out = self.mllm.encode_prompt(
+                    [prompts[i] for i in rows],
+                    [images[i] for i in rows],
+                    think=mode,
+                    thinking=thinking,
+                    streamer=streamer if mode and len(rows) == 1 else None,
+                )
+                outputs[mode] = (rows, out)
+        length = max(out.instruction_states.shape[1] for _, out in outputs.values())
+        width = next(iter(outputs.values()))[1].instruction_states.shape[-1]
+        states = torch.zeros(len(prompts), length, width, device=self.device)
+        mask = torch.zeros(len(prompts), length, dtype=torch.bool, device=self.device)
+        reasoning, instruction = [""] * len(prompts), list(prompts)
+        counts = {"generated": 0, "instruction": 0, "forward_calls": 0}
+        for mode, (rows, out) in outputs.items():
+            n = out.instruction_states.shape[1]
+            states[rows, :n] = out.instruction_states.to(states)
+            mask[rows, :n] = out.instruction_mask.to(self.device)
+            counts["forward_calls"] += out.num_forward_calls
+            counts["instruction"] += int(out.instruction_mask.sum())
+            counts["generated"] += sum(len(ids) for ids in out.generated_ids)
+            if mode:
+                for k, i in enumerate(rows):
+                    reasoning[i], instruction[i] = out.reasoning[k].strip(), out.instruction[k].strip()
+        return states, mask, reasoning, instruction, counts
+
+    def _encode_negative(self, negative_prompt: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # The released pipeline encodes the negative prompt through the no-think template, without images.
+        out = self.mllm.encode_prompt([negative_prompt or " "], think=False)
+        states = out.instruction_states.to(self.device).expand(batch, -1, -1)
+        return states, out.instruction_mask.to(self.device).expand(batch, -1)
+
+    # ---- 3. reference images ----------------------------------------------------------------------------
+
+    def _fit_size(self, width: int, height: int) -> tuple[int, int]:
+        """The nearest allowed size to ``width`` × ``height`` within the pixel limit, keeping the aspect."""
+        multiple = self._size_multiple()
+        scale = min(1.0, (self.config.max_image_pixels / (width * height)) ** 0.5)
+        fit = lambda v: max(multiple, int(v * scale) // multiple * multiple)  # noqa: E731
+        return fit(width), fit(height)
+
+    def _encode_references(self, images: list[list[Image.Image]]) -> list[list[torch.Tensor] | None]:
+        refs: list[list[torch.Tensor] | None] = []
+        for row in images:
+            if not row:
+                refs.append(None)
+                continue
+            latents = []
+            for image in row:
+                size = self._fit_size(*image.size)
+                pixels = pil_to_tensor([image.resize(size, Image.BICUBIC) if image.size != size else image])
+                latents.append(self.codec.encode(pixels.to(self.device))[0].float())  # (C, h, w)
+            refs.append(latents)
+        return refs
+
+    # ---- the call ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        images: Sequence[ImageInput] | Sequence[Sequence[ImageInput]] | None = None,
+        think: Think = False,
+        negative_prompt: str | None = None,
+        num_images_per_prompt: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
+        cfg_range: tuple[float, float] | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        thinking: ThinkingConfig | None = None,
+        output_type: Literal["pil", "pt", "latent"] = "pil",
+        streamer: Any = None,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> ThinkGenPipelineOutput:
+        """Generate images: text-to-image, text rendering, editing (one input image), in-context generation
+        (2–5 input images), and reasoning generation or editing (``think=True``).
+
+        Args:
+            prompt: a prompt or a list of prompts.
+            images: input images (PIL or paths): a list for one prompt, or one list per prompt; at most 5 each.
+            think: ``True`` reasons first, ``False`` encodes the prompt in one pass (pseudo-CoT template),
+                ``"auto"`` lets the MLLM decide per prompt (see :meth:`ThinkGenMLLM.think_end_probability`).
+            negative_prompt: for the unconditional branches (default: the config's).
+            num_images_per_prompt: images per prompt (1).
+            height, width: output size, multiples of the codec factor × patch size. Default: the size of a
+                single input image, else the config's.
+            num_inference_steps, guidance_scale, image_guidance_scale, cfg_range: sampler settings
+                (default: the config's). Guidance scales ≤ 1 switch that guidance off.
+            seed: makes noise and thinking reproducible (the same call gives the same images and text).
+            generator: a CPU ``torch.Generator`` for the noise, instead of ``seed``.
+            latents: initial noise ``(B·n, C, h, w)`` instead of drawing it.
+            prompt_embeds: instruction states ``(B, L, 2·D)`` from an earlier MLLM pass, with
+                ``prompt_attention_mask`` ``(B, L)``; the MLLM is then not run for the prompt.
+            thinking: thinking controls (temperature, top-p, top-k, budgets); its seed defaults to ``seed``.
+            output_type: ``"pil"``, ``"pt"`` (tensor in [-1, 1]) or ``"latent"``.
+            streamer: receives the MLLM's tokens as they are generated (one thinking prompt).
+            callback: ``callback(step, latents)`` after each denoising step.
+
+        Returns:
+            :class:`ThinkGenPipelineOutput`.
+        """
+        cfg = self.config
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("prompt must not be empty")
+        image_rows = self._normalize_images(images, len(prompts))
+        if height is None and width is None and len(image_rows[0]) == 1 and all(len(r) == 1 for r in image_rows):
+            # An edit keeps the input's size, as the released pipeline does.
+            width, height = self._fit_size(*image_rows[0][0].size)
+        height = cfg.height if height is None else height
+        width = cfg.width if width is None else width
+        steps = cfg.num_inference_steps if num_inference_steps is None else num_inference_steps
+        text_scale = cfg.guidance_scale if guidance_scale is None else guidance_scale
+        image_scale = cfg.image_guidance_scale if image_guidance_scale is None else image_guidance_scale
+        cfg_range = tuple(cfg.cfg_range if cfg_range is None else cfg_range)
+
+        # 1. Check inputs
+        self._check_inputs(
+            prompts, image_rows, height, width, num_images_per_prompt, steps, text_scale, image_scale, cfg_range,
+            think,
+        )
+        if seed is not None and generator is None:
+            generator = torch.Generator().manual_seed(seed)
+        if thinking is None:
+            thinking = ThinkingConfig(seed=seed)
+        elif thinking.seed is None and seed is not None:
+            thinking = dataclasses.replace(thinking, seed=seed)
+
+        # 2. Encode the prompt (thinking where asked) and the negative prompt
+        start = time.perf_counter()
+        if prompt_embeds is not None:
+            if prompt_attention_mask is None or prompt_embeds.shape[0] != len(prompts):
+                raise ValueError("prompt_embeds needs one row per prompt and a prompt_attention_mask")
+            thinks, reasoning, instruction = [False] * len(prompts), [""] * len(prompts), list(prompts)
+            states, mask = prompt_embeds.to(self.device), prompt_attention_mask.to(self.device, torch.bool)
+            counts = {"generated": 0, "instruction": int(mask.sum()), "forward_calls": 0}
+        else:
+            thinks = self._decide_thinking(prompts, image_rows, think)
+            states, mask, reasoning, instruction, counts = self.encode_prompt(
+                prompts, image_rows, thinks, thinking, streamer
+            )
+        n = num_images_per_prompt
+        states, mask = states.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        batch = states.shape[0]
+        neg_states = neg_mask = None
+        if text_scale > 1.0:
+            neg_states, neg_mask = self._encode_negative(
+                cfg.negative_prompt if negative_prompt is None else negative_prompt, batch
+            )
+        thinking_s = time.perf_counter() - start
+
+        # 3.–6. Encode references, draw noise, denoise, decode
+        result, denoising_s, decode_s = self._draw(
+            states, mask, neg_states, neg_mask, image_rows, n, height, width, steps, text_scale, image_scale,
+            cfg_range, generator, latents, output_type, callback,
+        )
+        return ThinkGenPipelineOutput(
+            images=result,
+            reasoning=reasoning,
+            instruction=instruction,
+            thought=thinks,
+            timings={"thinking": thinking_s, "denoising": denoising_s, "decode": decode_s},
+            token_counts=counts,
+        )
+
+    def _draw(
+        self,
+        states: torch.Tensor,
+        mask: torch.Tensor,
+        neg_states: torch.Tensor | None,
+        neg_mask: torch.Tensor | None,
+        image_rows: list[list[Image.Image]],
+        n: int,
+        height: int,
+        width: int,
+        steps: int,
+        text_scale: float,
+        image_scale: float,
+        cfg_range: tuple[float, float],
+        generator: torch.Generator | None,
+        latents: torch.Tensor | None,
+        output_type: str,
+        callback: Callable[[int, torch.Tensor], None] | None,
+    ) -> tuple[list[Image.Image] | torch.Tensor, float, float]:
+        """Steps 3–6 of a call, from instruction states (already repeated ``n`` times per prompt) to images."""
+        batch = states.shape[0]
+        # 3. Encode reference images
+        refs = self._encode_references(image_rows)
+        refs = [r for r in refs for _ in range(n)]
+
+        # 4. Prepare latents
+        factor = self.codec.downscale_factor
+        shape = (batch, self.codec.latent_channels, height // factor, width // factor)
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32)  # on the CPU: same on any device
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape}")
+        latents = latents.to(self.device, torch.float32)
+
+        # 5. Denoise
+        start = time.perf_counter()
+        dtype = next(self.transformer.parameters()).dtype
+        latents = sample_latents(
+            self.transformer,
+            latents,
+            states.to(dtype),
+            mask,
+            None if neg_states is None else neg_states.to(dtype),
+            neg_mask,
+            refs if any(r for r in refs) else None,
+            num_inference_steps=steps,
+            guidance_scale=text_scale,
+            image_guidance_scale=image_scale,
+            cfg_range=cfg_range,
+            callback=callback,
+        )
+        denoising_s = time.perf_counter() - start
+
+        # 6. Decode
+        start = time.perf_counter()
+        if output_type == "latent":
+            result: list[Image.Image] | torch.Tensor = latents
+        else:
+            pixels = self.codec.decode(latents)
+            result = pixels if output_type == "pt" else tensor_to_pil(pixels)
+        decode_s = time.perf_counter() - start
+        return result, denoising_s, decode_s
+
+    # ---- edit, reflect, understand ----------------------------------------------------------------------
+
+    def edit(self, image: ImageInput, instruction: str, **kwargs: Any) -> ThinkGenPipelineOutput:
+        """Edit one image by an instruction (``__call__`` with one input image)."""
+        return self(instruction, images=[image], **kwargs)
+
+    def is_match_verdict(self, instruction: str) -> bool:
+        """Whether an instruction is the MLLM's verdict that the image already matches the prompt."""
+        norm = lambda s: " ".join(s.lower().replace(".", " ").split())  # noqa: E731
+        return norm(instruction).startswith(norm(self.config.match_verdict))
+
+    def reflect(
+        self,
+        prompt: str,
+        rounds: int = 2,
+        think: Think = False,
+        seed: int | None = None,
+        thinking: ThinkingConfig | None = None,
+        **kwargs: Any,
+    ) -> ReflectionOutput:
+        """Generate, then let the MLLM check the image against the prompt and fix it, up to ``rounds`` times.
+
+        Each round is one thinking pass of the MLLM over the latest image and
+        ``config.reflection_template``: its instruction is either the match verdict (stop, nothing is drawn)
+        or a corrective edit, which the DiT applies to the image from the states of that same pass.
+
+        Args:
+            prompt: the original prompt.
+            rounds: reflection rounds after the first image (0 to 8).
+            think: thinking for the first generation.
+            seed: seeds every round (round ``k`` uses ``seed + k``).
+            thinking: thinking controls of the critique passes.
+            kwargs: further ``__call__`` arguments for every drawing (steps, guidance, size …).
+
+        Returns:
+            :class:`ReflectionOutput`: round 0 is the first image; every later round holds the critique and
+            edit that produced its image. The last round's ``matches`` says whether the MLLM accepted it.
+        """
+        _check_range("rounds", rounds, 0, 8)
+        first = self(prompt, think=think, seed=seed, thinking=thinking, **kwargs)
+        history = [ReflectionRound(first.images[0], first.reasoning[0], first.instruction[0], False)]
+        question = self.config.reflection_template.format(prompt=prompt)
+        for k in range(1, rounds + 1):
+            round_seed = None if seed is None else seed + k
+            critique_thinking = dataclasses.replace(thinking or ThinkingConfig(), seed=round_seed)
+            image = history[-1].image
+            states, mask, reasoning, instruction, _ = self.encode_prompt([question], [[image]], [True], critique_thinking)
+            if self.is_match_verdict(instruction[0]):
+                history[-1].matches = True
+                break
+            edited = self(
+                question, images=[image], seed=round_seed, prompt_embeds=states, prompt_attention_mask=mask, **kwargs
+            )
+            history.append(ReflectionRound(edited.images[0], reasoning[0], instruction[0], False))
+        return ReflectionOutput(history)
+
+    def understand(self, images: Sequence[ImageInput], question: str, thinking: ThinkingConfig | None = None) -> str:
+        """The MLLM's own image understanding: answer ``question`` about ``images``."""
+        rows = self._normalize_images(list(images), 1) if images else [[]]
+        if not question.strip():
+            raise ValueError("question must be a non-empty string")
+        return self.mllm.understand(rows[0], question, thinking)

@@ -1,0 +1,162 @@
+"""ThinkGenPipeline end to end on a tiny random model: every scenario, save/load, bad input."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from thinkgen.models.dit import ThinkGenTransformer2DModel
+from thinkgen.models.mllm import ThinkingConfig
+from thinkgen.models.tiny import build_tiny_mllm
+from thinkgen.models.vae import PixelCodec
+from thinkgen.pipeline import PipelineConfig, ThinkGenPipeline
+
+# Short thoughts: a random MLLM rambles until its budget is spent.
+FAST_THINKING = ThinkingConfig(max_thinking_tokens=6, max_instruction_tokens=4)
+
+
+def _tiny_dit(text_feat_dim: int) -> ThinkGenTransformer2DModel:
+    torch.manual_seed(0)
+    dit = ThinkGenTransformer2DModel(
+        patch_size=2, in_channels=3, hidden_size=32, num_layers=1, num_refiner_layers=1, num_attention_heads=2,
+        num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 6, 6), axes_lens=(512, 64, 64),
+        text_feat_dim=text_feat_dim, num_prepad_states=4,
+    )
+    # Fresh DiTs start with zeroed output layers (AdaLN-zero); randomise so outputs depend on the inputs.
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    return dit.eval()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    mllm = build_tiny_mllm()
+    config = PipelineConfig(height=16, width=16, num_inference_steps=3, negative_prompt="blurry")
+    return ThinkGenPipeline(mllm, _tiny_dit(mllm.hidden_size), PixelCodec(), config)
+
+
+def test_text_to_image_returns_images_text_timings_and_counts(pipe):
+    out = pipe(["a red circle", "two blue squares"], num_images_per_prompt=2, seed=0)
+    assert len(out.images) == 4 and out.images[0].size == (16, 16)
+    assert out.instruction == ["a red circle", "two blue squares"] and out.reasoning == ["", ""]
+    assert out.thought == [False, False]
+    assert set(out.timings) == {"thinking", "denoising", "decode"}
+    # No-think: one MLLM forward for the prompts and one for the negative prompt is not counted here.
+    assert out.token_counts["forward_calls"] == 1 and out.token_counts["instruction"] > 0
+
+
+def test_same_seed_same_images_and_text(pipe):
+    a = pipe("three stars", think=True, seed=3, thinking=FAST_THINKING)
+    b = pipe("three stars", think=True, seed=3, thinking=FAST_THINKING)
+    c = pipe("three stars", think=True, seed=4, thinking=FAST_THINKING)
+    assert a.images[0].tobytes() == b.images[0].tobytes()
+    assert (a.reasoning, a.instruction) == (b.reasoning, b.instruction)
+    assert a.images[0].tobytes() != c.images[0].tobytes()
+    assert a.thought == [True]
+    # Prefill + one forward per generated token but the last, as the MLLM counts them.
+    assert a.token_counts["forward_calls"] == a.token_counts["generated"]
+
+
+def test_editing_keeps_the_input_size_and_uses_the_image(pipe):
+    red = Image.new("RGB", (24, 16), (255, 0, 0))
+    blue = Image.new("RGB", (24, 16), (0, 0, 255))
+    a = pipe.edit(red, "make it green", seed=1, output_type="pt")
+    b = pipe.edit(blue, "make it green", seed=1, output_type="pt")
+    assert a.images.shape == (1, 3, 16, 24)
+    assert not torch.allclose(a.images, b.images)
+
+
+def test_in_context_generation_takes_up_to_five_images(pipe):
+    refs = [Image.new("RGB", (16, 16), (40 * i, 0, 0)) for i in range(5)]
+    assert len(pipe("combine them", images=refs, seed=0).images) == 1
+    with pytest.raises(ValueError, match="at most 5"):
+        pipe("combine them", images=refs + refs[:1])
+
+
+def test_think_auto_follows_the_models_probability(pipe):
+    never = PipelineConfig(**{**pipe.config.__dict__, "think_auto_threshold": 0.0})
+    always = PipelineConfig(**{**pipe.config.__dict__, "think_auto_threshold": 1.01})
+    p = pipe.mllm.think_end_probability(["a red circle"])
+    assert p.shape == (1,) and 0 <= float(p) <= 1
+    for config, expected in ((never, False), (always, True)):
+        auto = ThinkGenPipeline(pipe.mllm, pipe.transformer, pipe.codec, config)
+        out = auto("a red circle", think="auto", seed=0, thinking=FAST_THINKING)
+        assert out.thought == [expected]
+
+
+def test_reflect_stops_on_the_match_verdict(pipe, monkeypatch):
+    verdicts = iter(["add one red circle", pipe.config.match_verdict])
+    real = pipe.encode_prompt
+
+    def scripted(prompts, images, thinks, thinking=None, streamer=None):
+        states, mask, reasoning, instruction, counts = real(prompts, images, thinks, thinking, streamer)
+        if prompts[0].startswith("The prompt was: one red circle"):  # a critique pass, not the first drawing
+            instruction = [next(verdicts)]
+        return states, mask, reasoning, instruction, counts
+
+    monkeypatch.setattr(pipe, "encode_prompt", scripted)
+    closing_at_once = ThinkingConfig(max_thinking_tokens=0, max_instruction_tokens=4)
+    out = pipe.reflect("one red circle", rounds=4, seed=0, thinking=closing_at_once)
+    assert [r.instruction for r in out.rounds[1:]] == ["add one red circle"]
+    assert out.rounds[-1].matches and len(out.rounds) == 2
+    assert out.image is out.rounds[-1].image
+
+
+def test_save_and_reload_gives_identical_outputs(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "model")
+    for part in ("model_index.json", "transformer", "vae", "scheduler", "mllm", "processor"):
+        assert (tmp_path / "model" / part).exists()
+    assert not list((tmp_path / "model").rglob("*.bin")) and not list((tmp_path / "model").rglob("*.pt"))
+    loaded = ThinkGenPipeline.from_pretrained(tmp_path / "model")
+    assert loaded.config == pipe.config
+    a = pipe("a red circle", seed=5, output_type="pt").images
+    b = loaded("a red circle", seed=5, output_type="pt").images
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_loading_refuses_missing_or_misshaped_weights(pipe, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    pipe.save_pretrained(tmp_path / "model")
+    weights = tmp_path / "model" / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state["x_embedder.bias"] = torch.zeros(7)
+    del state["prepad_embed"]
+    save_file(state, weights)
+    with pytest.raises(ValueError, match=r"missing \['prepad_embed'\].*x_embedder.bias"):
+        ThinkGenPipeline.from_pretrained(tmp_path / "model")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model_index.json").write_text(json.dumps({}))
+    with pytest.raises(FileNotFoundError, match="transformer"):
+        ThinkGenPipeline.from_pretrained(tmp_path / "broken")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"prompt": ""}, "non-empty"),
+        ({"prompt": "x" * 5000}, "5000 characters"),
+        ({"height": 15}, "multiple of 2"),
+        ({"height": 4096, "width": 4096}, "pixels; the limit"),
+        ({"num_inference_steps": 0}, "num_inference_steps=0"),
+        ({"guidance_scale": 100.0}, "guidance_scale=100.0"),
+        ({"cfg_range": (0.8, 0.2)}, "cfg_range"),
+        ({"think": "maybe"}, "think='maybe'"),
+    ],
+)
+def test_bad_input_is_named(pipe, kwargs, message):
+    kwargs = {"prompt": "a red circle", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        pipe(**kwargs)
+
+
+def test_huge_input_images_are_refused(pipe):
+    with pytest.raises(ValueError, match="limit"):
+        pipe.edit(Image.new("RGB", (4200, 4200)), "make it red")
+
+
+def test_understand_answers_in_text(pipe):
+    answer = pipe.understand([Image.new("RGB", (16, 16), "red")], "what colour is it?", FAST_THINKING)
+    assert isinstance(answer, str)
