@@ -20,7 +20,7 @@ def _tiny_dit(text_feat_dim: int) -> ThinkGenTransformer2DModel:
     torch.manual_seed(0)
     dit = ThinkGenTransformer2DModel(
         patch_size=2, in_channels=3, hidden_size=32, num_layers=1, num_refiner_layers=1, num_attention_heads=2,
-        num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 6, 6), axes_lens=(512, 64, 64),
+        num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 6, 6), axes_lens=(1024, 1024, 1024),
         text_feat_dim=text_feat_dim, num_prepad_states=4,
     )
     # Fresh DiTs start with zeroed output layers (AdaLN-zero); randomise so outputs depend on the inputs.
@@ -160,3 +160,32 @@ def test_huge_input_images_are_refused(pipe):
 def test_understand_answers_in_text(pipe):
     answer = pipe.understand([Image.new("RGB", (16, 16), "red")], "what colour is it?", FAST_THINKING)
     assert isinstance(answer, str)
+
+
+def test_cli_generate_edit_reflect_write_png_and_sidecar(pipe, tmp_path, capsys):
+    from thinkgen.cli import main
+
+    pipe.save_pretrained(tmp_path / "model")
+    model = str(tmp_path / "model")
+    assert main(["generate", "a red circle", "--model", model, "-n", "2", "--seed", "7", "--out", str(tmp_path / "g")]) == 0
+    written = sorted((tmp_path / "g").glob("*.png"))
+    assert len(written) == 2
+    meta = json.loads(written[0].with_suffix(".json").read_text())
+    assert meta["prompt"] == "a red circle" and meta["seed"] == 7 and set(meta["timings_s"]) >= {"denoising"}
+
+    assert main(["edit", str(written[0]), "make it blue", "--model", model, "--out", str(tmp_path / "e")]) == 0
+    assert Image.open(next((tmp_path / "e").glob("*.png"))).size == (16, 16)
+
+    assert main(["generate", "x", "--model", model, "--think", "--max-thinking-tokens", "3",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert main(["reflect", "a red circle", "--model", model, "--rounds", "1", "--max-thinking-tokens", "0",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert list((tmp_path / "r").glob("reflect_*round0.png"))
+
+
+def test_cli_reports_user_errors_without_a_traceback(tmp_path, capsys):
+    from thinkgen.cli import main
+
+    assert main(["generate", "a red circle", "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not a ThinkGen model folder" in err and "Traceback" not in err

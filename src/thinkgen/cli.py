@@ -27,6 +27,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from .world import cli as world_cli
 
     world_cli.add_commands(world)
+    from . import generate_cli
+
+    generate_cli.add_commands(commands)
     return parser
 
 

@@ -49,6 +49,8 @@ RELEASED_NEGATIVE_PROMPT = (
     "censor_bar"
 )
 MAX_REFERENCE_IMAGES = 5
+# Models that ship inside the package, by name.
+SHIPPED_MODELS: dict[str, Path] = {"nano": Path(__file__).parent / "assets" / "thinkgen-nano"}
 Think = bool | Literal["auto"]
 ImageInput = Image.Image | str | Path
 
@@ -181,6 +183,23 @@ def load_transformer(path: str | Path, torch_dtype: torch.dtype | None = None) -
     return model.eval()
 
 
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A shipped model's name (see :data:`SHIPPED_MODELS`) or a model folder → the folder, checked."""
+    if str(name_or_path) in SHIPPED_MODELS:
+        path = SHIPPED_MODELS[str(name_or_path)]
+        if not (path / MODEL_INDEX).is_file():
+            raise FileNotFoundError(
+                f"the shipped model {name_or_path!r} is not installed in this build; pass a model folder instead"
+            )
+        return path
+    path = Path(name_or_path)
+    if not (path / MODEL_INDEX).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a ThinkGen model folder (no {MODEL_INDEX}); shipped models: {', '.join(SHIPPED_MODELS)}"
+        )
+    return path
+
+
 class ThinkGenPipeline:
     """The decoupled MLLM + DiT model of ThinkGen, for every scenario.
 
@@ -221,9 +240,7 @@ class ThinkGenPipeline:
     ) -> ThinkGenPipeline:
         """Load a pipeline folder (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``, ``mllm/``,
         ``processor/``): the released ThinkGen layout and ours. Every part must be there and complete."""
-        path = Path(path)
-        if not (path / MODEL_INDEX).is_file():
-            raise FileNotFoundError(f"{path} is not a ThinkGen model folder: no {MODEL_INDEX}")
+        path = resolve_model_path(path)
         for part in ("transformer", "vae", "mllm", "processor"):
             if not (path / part).is_dir():
                 raise FileNotFoundError(f"model folder {path} has no {part}/ part")
