@@ -1,0 +1,51 @@
+"""``thinkgen train``: run a training recipe (DiT stages 1-3 or the nano MLLM) with overrides."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from thinkgen.train.config import MLLMSFTConfig, SFTStageConfig, load_recipe
+from thinkgen.train.data import build_sources
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_FIELDS = {SFTStageConfig: ("instruction", "output_image"), MLLMSFTConfig: ("instruction", "answer")}
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train`` on the top-level subcommands."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train from a recipe (DiT stages 1-3, nano MLLM)",
+        description=(
+            "Run the training recipe FILE; a run resumes from its newest checkpoint. Multi-process: "
+            "torchrun --nproc_per_node N -m thinkgen.cli train --recipe FILE (or accelerate launch). "
+            "Example: thinkgen train --recipe recipes/nano/stage2_dit.toml --set run.max_steps=100"
+        ),
+    )
+    parser.add_argument("--recipe", type=Path, required=True, help="the TOML recipe")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set optim.lr=1e-4 (repeatable; values in TOML syntax)",
+    )
+    parser.add_argument(
+        "--validate", action="store_true", help="check the recipe and its data files, then exit without training"
+    )
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    config = load_recipe(args.recipe, args.overrides)
+    if args.validate:
+        sources = build_sources(config.data, config.run.seed, REQUIRED_FIELDS[type(config)])
+        logger.info("%s is valid: %s; sources: %s", args.recipe, type(config).__name__,
+                    ", ".join(f"{s.name} (weight {c.weight})" for s, c in zip(sources, config.data.sources)))
+        return 0
+    if isinstance(config, SFTStageConfig):
+        from thinkgen.train.sft import train
+    else:
+        from thinkgen.train.mllm_sft import train
+    train(config)
+    return 0

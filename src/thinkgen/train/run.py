@@ -1,0 +1,135 @@
+"""Pieces every trainer's loop uses in the same way: seeds, data plumbing, resume, optimizer step, progress.
+
+Each is a plain function called from the loops in ``sft.py`` and ``mllm_sft.py``; the loops stay the
+place to read what happens in which order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from thinkgen.imageio import atomic_write_bytes
+from thinkgen.train.checkpoint import CheckpointManager, Stateful
+from thinkgen.train.config import DataConfig, RunConfig, config_to_dict
+from thinkgen.train.data import BatchPlanner, BrokenItem, PlannedDataset, RankBatchSampler, Record, Source, build_loader
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+
+
+def item_seed(seed: int, step: int, slot: int) -> int:
+    """Seed of the randomness of one training sample (noise, time, dropout): a hash of its coordinates,
+    so it does not depend on which process or micro-batch the sample lands in, nor on any RNG state."""
+    digest = hashlib.sha256(f"{seed}:{step}:{slot}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def item_generator(seed: int, step: int, slot: int) -> torch.Generator:
+    """A CPU generator seeded by :func:`item_seed`."""
+    return torch.Generator().manual_seed(item_seed(seed, step, slot))
+
+
+def write_config(output_dir: Path, config: Any, is_main: bool) -> None:
+    """Record the resolved config beside the run (``config.json``)."""
+    if is_main:
+        text = json.dumps(config_to_dict(config), indent=2) + "\n"
+        atomic_write_bytes(output_dir / CONFIG_FILE, text.encode())
+
+
+def make_batches(
+    accelerator: Accelerator,
+    data: DataConfig,
+    sources: Sequence[Source],
+    seed: int,
+    bucket_of: Callable[[Source, int], str],
+    transform: Callable[[Record], dict[str, Any]],
+    with_output: bool,
+) -> tuple[BatchPlanner, Callable[[], tuple[Iterator[dict[str, Any]], RankBatchSampler]]]:
+    """The data planner (a checkpoint piece) and a factory of this process's micro-batch iterator.
+
+    The iterator is made by the factory only after a resume has restored the planner, so its first batch
+    is the one after the checkpoint.
+    """
+    planner = BatchPlanner(sources, [s.weight for s in data.sources], seed, data.global_batch_size, bucket_of)
+    dataset = PlannedDataset(sources, transform, with_output)
+
+    def start() -> tuple[Iterator[dict[str, Any]], RankBatchSampler]:
+        loader, sampler = build_loader(
+            data, planner, dataset, accelerator.process_index, accelerator.num_processes, seed
+        )
+        return iter(loader), sampler
+
+    return planner, start
+
+
+def resume(
+    run: RunConfig,
+    manager: CheckpointManager,
+    shared: Mapping[str, Stateful],
+    per_process: Mapping[str, Stateful],
+) -> int:
+    """Load the newest checkpoint when the recipe allows it; returns the step to start from (0 if none)."""
+    latest = manager.latest() if run.resume else None
+    if latest is None:
+        return 0
+    manager.load(latest, shared, per_process)
+    return int(shared["train_state"].state_dict()["step"])
+
+
+def optimizer_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    max_grad_norm: float,
+) -> float:
+    """Clip, step, schedule, zero; returns the gradient norm before clipping (0 when clipping is off)."""
+    grad_norm = 0.0
+    if max_grad_norm > 0:
+        params = [p for p in model.parameters() if p.requires_grad]
+        grad_norm = float(accelerator.clip_grad_norm_(params, max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def report_broken(broken: Sequence[BrokenItem]) -> None:
+    """Log the items of a micro-batch that failed to load (they are dropped from it)."""
+    for item in broken:
+        logger.warning("skipped a sample of %s (item %d): %s", item.source, item.index, item.reason)
+
+
+def log_on_main_only(accelerator: Accelerator) -> None:
+    """Silence this package's info and warnings on every process but the main one (errors still show)."""
+    if not accelerator.is_main_process:
+        logging.getLogger("thinkgen").setLevel(logging.ERROR)
+
+
+def progress_bar(start_step: int, max_steps: int, is_main: bool) -> tqdm:
+    """The run's progress bar (main process only)."""
+    return tqdm(total=max_steps, initial=start_step, desc="train", disable=not is_main, dynamic_ncols=True)
+
+
+def checkpoint_manager(accelerator: Accelerator, run: RunConfig) -> CheckpointManager:
+    """The run's checkpoint manager under ``{output_dir}/checkpoints``."""
+    return CheckpointManager(
+        Path(run.output_dir) / CHECKPOINT_DIR, run.keep_last, accelerator.process_index, accelerator.wait_for_everyone
+    )
+
+
+def reduce_sum(accelerator: Accelerator, values: Sequence[float]) -> list[float]:
+    """Sum small statistics over processes (one all-reduce)."""
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=accelerator.device)
+    return accelerator.reduce(tensor, reduction="sum").tolist()

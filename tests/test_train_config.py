@@ -1,0 +1,88 @@
+"""Recipes: every shipped recipe loads and names every setting; bad recipes fail early, naming file and key."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from thinkgen.cli import main
+from thinkgen.train.config import TRAINERS, RecipeError, load_recipe
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*/*.toml"))
+# Fields whose value is a free-form table of another class's arguments (DiT / tiny-MLLM constructors).
+FREE_TABLES = {"dit", "tiny"}
+
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_recipes_load_and_name_every_setting(path):
+    config = load_recipe(path)
+    data = tomllib.loads(path.read_text())
+    assert set(data) - {"trainer"} == {f.name for f in dataclasses.fields(config)}
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        named = set(data[section.name])
+        expected = {f.name for f in dataclasses.fields(value)}
+        # A recipe may leave out a free-form constructor table it does not use (dit when loading a DiT).
+        assert expected - named <= FREE_TABLES, f"{path.name} [{section.name}] does not name {expected - named}"
+    for source in data["data"]["sources"]:
+        # A source names what applies to its kind: the file of a JSONL source, the stream of a world one.
+        kind_fields = {"path"} if source["kind"] == "jsonl" else {"scenarios", "preset", "split", "seed"}
+        assert set(source) == {"name", "kind", "weight"} | kind_fields
+
+
+def test_recipes_cover_every_stage_and_scale():
+    names = {f"{p.parent.name}/{p.stem}" for p in RECIPES}
+    assert {"nano/stage1_connector", "nano/stage2_dit", "nano/stage3_finetune", "nano/mllm",
+            "full/stage1", "full/stage2", "full/stage3"} <= names
+    stages = [load_recipe(p).train.stage for p in RECIPES if p.stem != "mllm"]
+    assert set(stages) == {"connector", "dit", "finetune"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.foo=1", "unknown key data.foo"),
+        ("optim.lr=-1", "optim.lr must be > 0"),
+        ("run.max_steps=true", "run.max_steps must be int"),
+        ("train.stage='stage9'", "train.stage = 'stage9' is not allowed"),
+        ("data.micro_batch_size=3", "data.global_batch_size (4) must be a multiple of micro_batch_size (3)"),
+        ("data.sources.0.scenarios=['nope']", "data.sources[0].scenarios: unknown scenario 'nope'"),
+        ("train.lora_rank=4", "lora_rank must be 0 for stage 'connector'"),
+        ("flow.prompt_dropout=1.5", "flow.prompt_dropout must be in [0, 1)"),
+    ],
+)
+def test_bad_values_name_file_and_key(tmp_path, override, message):
+    from train_recipes import sft_recipe
+
+    path = sft_recipe(tmp_path, extra='stage = "connector"')
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, [override])
+    assert str(err.value).startswith(f"{path}: ")
+    assert message in str(err.value)
+
+
+def test_overrides_apply_and_unknown_trainer_fails(tmp_path):
+    from train_recipes import sft_recipe
+
+    path = sft_recipe(tmp_path)
+    config = load_recipe(path, ["optim.lr=3e-4", "run.output_dir=/tmp/elsewhere", "data.sources.0.weight=2"])
+    assert config.optim.lr == 3e-4 and config.run.output_dir == "/tmp/elsewhere"
+    assert config.data.sources[0].weight == 2.0
+    with pytest.raises(RecipeError, match="trainer = 'gan' is not allowed"):
+        load_recipe(path, ["trainer=gan"])
+    assert set(TRAINERS) == {"sft", "mllm_sft"}
+
+
+def test_cli_reports_recipe_errors_without_traceback(tmp_path, capsys):
+    from train_recipes import sft_recipe
+
+    path = sft_recipe(tmp_path)
+    assert main(["train", "--recipe", str(path), "--set", "optim.warmup_steps=-2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "optim.warmup_steps must be >= 0" in err and "Traceback" not in err
+    assert main(["train", "--recipe", str(path), "--validate"]) == 0
+    assert not (tmp_path / "run").exists()  # validation computes nothing

@@ -1,0 +1,76 @@
+"""The nano MLLM stage: think-template targets with the prompt masked, images, training, export, resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thinkgen.models.mllm import ThinkGenMLLM
+from thinkgen.models.tiny import build_tiny_mllm
+from thinkgen.train.config import load_recipe
+from thinkgen.train.data import WorldSource
+from thinkgen.train.config import SourceConfig
+from thinkgen.train.mllm_sft import IGNORE_INDEX, assistant_target, collate_tokens, encode_sample, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these models are tiny, and threads fighting over shared cores cost 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_target_follows_the_think_template():
+    assert assistant_target("Bananas are yellow. ", "one yellow star") == (
+        "Bananas are yellow.\n</think>one yellow star<|im_end|>"
+    )
+    # Without reasoning the target has the no-think shape: the caption right after </think>.
+    assert assistant_target("", "two red circles") == "</think>two red circles<|im_end|>"
+
+
+def test_encoded_sample_masks_the_prompt_and_carries_images():
+    processor = build_tiny_mllm().processor
+    record = WorldSource(SourceConfig(scenarios=["reflection"])).load(1, with_output=False)
+    item = encode_sample(processor, record, system_prompt=None, max_seq_len=1024)
+    learned = item["labels"] != IGNORE_INDEX
+    # The loss covers exactly the target, which follows the "<think>\n" prefill.
+    text = processor.tokenizer.decode(item["input_ids"][learned])
+    assert text == assistant_target(record.reasoning, record.answer)
+    assert processor.tokenizer.decode(item["input_ids"][~learned]).endswith("<|im_start|>assistant\n<think>\n")
+    num_image_tokens = int((item["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+    assert num_image_tokens == int(item["image_grid_thw"].prod(dim=1).sum()) // processor.image_processor.merge_size**2
+    batch = collate_tokens([item, item], processor.tokenizer.pad_token_id, torch.device("cpu"))
+    assert batch["pixel_values"].shape[0] == 2 * item["pixel_values"].shape[0]
+
+
+def test_mllm_stage_trains_resumes_exactly_and_exports(tmp_path):
+    recipe = tmp_path / "mllm.toml"
+    recipe.write_text(f"""trainer = "mllm_sft"
+[run]
+output_dir = "{tmp_path / 'run'}"
+max_steps = 3
+log_every = 1
+save_every = 2
+use_tensorboard = false
+[model]
+num_corpus_samples = 60
+tiny = {{ vocab_size = 384 }}
+[data]
+global_batch_size = 4
+micro_batch_size = 2
+[[data.sources]]
+scenarios = ["reasoning", "reflection"]
+[optim]
+lr = 3e-3
+""")
+    reference = train(load_recipe(recipe)).losses
+    first = train(load_recipe(recipe, ["run.max_steps=2", f"run.output_dir='{tmp_path / 'split'}'"]))
+    rest = train(load_recipe(recipe, [f"run.output_dir='{tmp_path / 'split'}'"]))
+    assert first.losses + rest.losses == reference
+    mllm = ThinkGenMLLM.from_pretrained(tmp_path / "run" / "final" / "mllm")
+    out = mllm.encode_prompt("one red circle", think=False)
+    assert out.instruction_states.shape[-1] == 2 * mllm.hidden_size
+    # The tokenizer learned the world's words: a frequent world word (after a space) is one token.
+    assert len(mllm.tokenizer(" triangles", add_special_tokens=False).input_ids) == 1
