@@ -30,6 +30,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from . import generate_cli
 
     generate_cli.add_commands(commands)
+    from .train import cli as train_cli
+
+    train_cli.add_commands(commands)
     return parser
 
 
