@@ -7,6 +7,7 @@ Each subcommand lives in its own ``_add_*_command`` function that registers a pa
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from tqdm import tqdm
 
 from .export import export_samples
 from .scenarios import SCENARIOS, iter_samples, resolve_scenarios
-from .scene import PRESETS, get_preset
+from .scene import PRESETS, Spec, get_preset
 from .sheet import contact_sheet
 from .splits import SPLITS, check_split
 
@@ -27,6 +28,7 @@ SHEET_NAME = "contact_sheet.png"
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``world`` subcommands on ``subparsers``."""
     _add_sample_command(subparsers)
+    _add_judge_command(subparsers)
 
 
 def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
@@ -63,4 +65,54 @@ def _run_sample(args: argparse.Namespace) -> int:
     sheet = contact_sheet(samples[:SHEET_MAX_SAMPLES])
     sheet.save(args.out / SHEET_NAME)
     logger.info("records: %s; contact sheet: %s", jsonl, args.out / SHEET_NAME)
+    return 0
+
+
+def _add_judge_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "judge",
+        help="score an image against a spec with the world's judge (JSON on stdout)",
+        description=(
+            "Detect the objects and words in IMAGE and check them against a spec (GenEval-style include / "
+            "exclude clauses, texts, exclude_texts). Prints correct, score and per-clause results as JSON. "
+            "Reading words needs the OCR extra: pip install 'thinkgen[ocr]'. "
+            'Example: thinkgen world judge out.png --spec \'{"tag": "single", "include": [{"class": "star", '
+            '"count": 1, "color": "red"}]}\''
+        ),
+    )
+    parser.add_argument("image", type=Path, help="the image to judge (PNG, JPEG, ...)")
+    parser.add_argument("--spec", required=True, help="the spec as JSON text, or a path to a JSON file")
+    parser.add_argument(
+        "--preset", default=None, help=f"tune thresholds to this world: {', '.join(PRESETS)} (default: generic)"
+    )
+    parser.set_defaults(handler=_run_judge)
+
+
+def _run_judge(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from .detect import DetectorConfig, WorldDetector
+    from .score import score_spec
+
+    # 1. Read the spec (a file or inline JSON) and the image.
+    spec_path = Path(args.spec)
+    try:
+        spec_text = spec_path.read_text() if spec_path.is_file() else args.spec
+        spec = Spec.from_dict(json.loads(spec_text))
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"--spec is neither a JSON file nor a valid spec as JSON ({err})") from err
+    if not args.image.is_file():
+        raise FileNotFoundError(f"no image at {args.image}")
+    try:
+        image = Image.open(args.image).convert("RGB")
+    except UnidentifiedImageError as err:
+        raise ValueError(f"{args.image} is not an image Pillow can read") from err
+    # 2. Detect (reading words only if the spec asks for any) and score.
+    read_words = bool(spec.texts or spec.exclude_texts)
+    if args.preset is None:
+        config = DetectorConfig(read_words=read_words)
+    else:
+        config = DetectorConfig.for_world(get_preset(args.preset), read_words=read_words)
+    result = score_spec(image, spec, WorldDetector(config))
+    print(json.dumps(result.to_dict(), indent=2))
     return 0
