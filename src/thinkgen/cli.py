@@ -33,6 +33,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from .train import cli as train_cli
 
     train_cli.add_commands(commands)
+    from .serve import cli as serve_cli
+
+    serve_cli.add_commands(commands)
     return parser
 
 

@@ -19,6 +19,11 @@ OnMissingThinkEnd = Literal["error", "all", "empty"]
 ON_MISSING_THINK_END: tuple[str, ...] = ("error", "all", "empty")
 
 
+class ThoughtNotClosedError(ValueError):
+    """The MLLM ended its turn without closing its thought (``on_missing="error"``): a fault of the generation,
+    not of the caller's arguments, so callers such as the server can tell the two apart."""
+
+
 def conditioning_states(second_to_last_states: torch.Tensor, last_states: torch.Tensor) -> torch.Tensor:
     """The DiT's conditioning features: ``cat([hidden_states[-2], hidden_states[-1]], -1)``.
 
@@ -98,7 +103,7 @@ def instruction_span_mask(
     is_thought_closed = is_think_end.any(dim=1)
     if on_missing == "error" and not bool(is_thought_closed.all()):
         rows = (~is_thought_closed).nonzero().flatten().tolist()
-        raise ValueError(
+        raise ThoughtNotClosedError(
             f"rows {rows} contain no </think> (id {think_end_token_id}): the thought was never closed. "
             "Pass on_missing='all' to condition on all their tokens or 'empty' to condition on none."
         )
