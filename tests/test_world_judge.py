@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import importlib.util
 import random
 import sys
@@ -280,3 +281,12 @@ def test_judge_command(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["correct"] and len(out["clauses"]) == 5
     assert main(["world", "judge", str(image_path), "--spec", "{not json"]) == 2
+
+
+def test_world_sample_judge_scores_every_scenario(tmp_path):
+    from thinkgen.cli import main
+
+    assert main(["world", "sample", "--scenario", "all", "-n", "12", "--out", str(tmp_path), "--judge"]) == 0
+    report = json.loads((tmp_path / "judge.json").read_text())
+    assert set(report["accuracy"]) == {"composition", "text", "edit", "reasoning", "reasoning_edit", "reflection"}
+    assert all(r["correct"] for r in report["samples"]) and len(report["samples"]) == 12

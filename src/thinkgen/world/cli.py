@@ -47,6 +47,10 @@ def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="stream seed (default: 0)")
     parser.add_argument("--split", default="train", help=f"one of {', '.join(SPLITS)} (default: train)")
     parser.add_argument("--preset", default="nano", help=f"world preset: {', '.join(PRESETS)} (default: nano)")
+    parser.add_argument(
+        "--judge", action="store_true",
+        help="read every target image back with the judge, score it against its spec, write OUT/judge.json",
+    )
     parser.set_defaults(handler=_run_sample)
 
 
@@ -65,7 +69,28 @@ def _run_sample(args: argparse.Namespace) -> int:
     sheet = contact_sheet(samples[:SHEET_MAX_SAMPLES])
     sheet.save(args.out / SHEET_NAME)
     logger.info("records: %s; contact sheet: %s", jsonl, args.out / SHEET_NAME)
+    # 4. Optionally judge what was written: the renders must satisfy their own specs.
+    if args.judge:
+        _judge_samples(samples, config, args.out)
     return 0
+
+
+def _judge_samples(samples: list, config, out: Path) -> None:
+    from .detect import DetectorConfig, WorldDetector
+    from .score import score_spec
+
+    detector = WorldDetector(DetectorConfig.for_world(config))
+    per_scenario: dict[str, list[float]] = {}
+    records = []
+    for sample in tqdm(samples, desc="judging", disable=None):
+        result = score_spec(sample.target_image(), sample.spec, detector)
+        per_scenario.setdefault(sample.scenario, []).append(float(result.correct))
+        records.append({"scenario": sample.scenario, "index": sample.index, "tag": sample.spec.tag,
+                        "correct": result.correct, "score": result.score})
+    summary = {name: sum(v) / len(v) for name, v in per_scenario.items()}
+    (out / "judge.json").write_text(json.dumps({"accuracy": summary, "samples": records}, indent=2) + "\n")
+    for name, accuracy in summary.items():
+        logger.info("judge: %-15s %d samples, %.3f judged correct", name, len(per_scenario[name]), accuracy)
 
 
 def _add_judge_command(subparsers: argparse._SubParsersAction) -> None:
