@@ -82,7 +82,8 @@ class VAECodec:
 
 
 def load_codec(path: str | Path, torch_dtype: torch.dtype | None = None) -> ImageCodec:
-    """Load the codec saved in ``path`` (a diffusers ``AutoencoderKL`` folder or a pixel-codec marker)."""
+    """Load the codec saved in ``path`` (a diffusers ``AutoencoderKL`` folder, a
+    :class:`~thinkgen.models.nano_autoencoder.NanoAutoencoder` folder or a pixel-codec marker)."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -90,8 +91,15 @@ def load_codec(path: str | Path, torch_dtype: torch.dtype | None = None) -> Imag
     class_name = json.loads(config_file.read_text()).get("_class_name")
     if class_name == PIXEL_CODEC_CLASS:
         return PixelCodec()
+    if class_name == "NanoAutoencoder":
+        from thinkgen.models.nano_autoencoder import NanoAutoencoder
+
+        return NanoAutoencoder.from_pretrained(path, torch_dtype=torch_dtype, use_safetensors=True).eval()
     if class_name == "AutoencoderKL":
         from diffusers import AutoencoderKL
 
         return VAECodec(AutoencoderKL.from_pretrained(path, torch_dtype=torch_dtype, use_safetensors=True))
-    raise ValueError(f"unknown codec class {class_name!r} in {config_file}; allowed: AutoencoderKL, {PIXEL_CODEC_CLASS}")
+    raise ValueError(
+        f"unknown codec class {class_name!r} in {config_file}; allowed: AutoencoderKL, NanoAutoencoder, "
+        f"{PIXEL_CODEC_CLASS}"
+    )
