@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,6 +92,12 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert resumed.losses == reference[-len(resumed.losses):]  # bitwise
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_processes_stay_in_sync_and_match_one_process(tmp_path):
     recipe = sft_recipe(tmp_path, extra='stage = "dit"')
     steps = ["run.max_steps=3", "run.save_every=0"]
@@ -109,8 +116,11 @@ dist.all_gather(gathered, flat)
 if dist.get_rank() == 0:
     json.dump({{"losses": result.losses, "in_sync": all(torch.equal(g, gathered[0]) for g in gathered),
                "world_size": dist.get_world_size()}}, open({str(tmp_path / "ddp.json")!r}, "w"))
+# Both ranks leave together: a rank exiting while gloo still serves the other aborts the process.
+dist.barrier()
+dist.destroy_process_group()
 """)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
                str(script)]
     completed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
