@@ -8,7 +8,7 @@ from PIL import Image
 
 from thinkgen.models.mllm import ThinkingConfig
 from thinkgen.pipeline import PipelineConfig, ThinkGenPipeline
-from tiny_pipeline import FAST_THINKING, build_tiny_pipeline
+from tiny_pipeline import FAST_THINKING, build_tiny_pipeline, tiny_dit
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +168,26 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path, capsys):
     assert main(["generate", "a red circle", "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "not a ThinkGen model folder" in err and "Traceback" not in err
+
+
+def test_lora_adapter_loads_into_the_dit_and_changes_the_output(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = build_tiny_pipeline()
+    before = base("a red circle", seed=2, output_type="pt").images
+    # An adapter as PEFT writes it, with non-zero B so it changes the model.
+    tuned = get_peft_model(tiny_dit(base.mllm.hidden_size), LoraConfig(r=4, target_modules=["to_q", "to_v"]))
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+    tuned.save_pretrained(tmp_path / "adapter", safe_serialization=True)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+    base.load_lora_weights(tmp_path / "adapter")
+    after = base("a red circle", seed=2, output_type="pt").images
+    assert not torch.allclose(before, after)
+    reference = ThinkGenPipeline(base.mllm, tuned.eval(), base.codec, base.config)
+    torch.testing.assert_close(after, reference("a red circle", seed=2, output_type="pt").images)
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        base.load_lora_weights(tmp_path / "nowhere")
