@@ -126,3 +126,19 @@ def test_scene_and_spec_roundtrip_through_json_dicts():
     )
     assert Spec.from_dict(spec.to_dict()) == spec
     assert spec.to_dict()["include"][1] == {"class": "cross", "count": 1, "position": ["left of", 0]}
+
+
+@pytest.mark.parametrize(
+    "clause, message",
+    [
+        ({"class": "hexagon"}, "unknown shape in include\\[0\\] 'hexagon'"),
+        ({"class": "star", "color": "teal"}, "unknown colour in include\\[0\\] 'teal'"),
+        ({"class": "star", "position": ["behind", 0]}, "unknown relation"),
+        ({"class": "star", "position": ["left of", 3]}, "include\\[3\\], which does not exist"),
+        ({"class": "star", "count": 0}, "count in include\\[0\\] must be >= 1"),
+    ],
+)
+def test_specs_outside_the_world_vocabulary_are_named(clause, message):
+    spec = Spec.from_dict({"tag": "t", "include": [clause]})
+    with pytest.raises(ValueError, match=message):
+        spec.check_vocabulary()

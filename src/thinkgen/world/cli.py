@@ -114,8 +114,7 @@ def _add_judge_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_judge(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
-
+    from ..imageio import load_image
     from .detect import DetectorConfig, WorldDetector
     from .score import score_spec
 
@@ -126,12 +125,8 @@ def _run_judge(args: argparse.Namespace) -> int:
         spec = Spec.from_dict(json.loads(spec_text))
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"--spec is neither a JSON file nor a valid spec as JSON ({err})") from err
-    if not args.image.is_file():
-        raise FileNotFoundError(f"no image at {args.image}")
-    try:
-        image = Image.open(args.image).convert("RGB")
-    except UnidentifiedImageError as err:
-        raise ValueError(f"{args.image} is not an image Pillow can read") from err
+    spec.check_vocabulary()
+    image = load_image(args.image)
     # 2. Detect (reading words only if the spec asks for any) and score.
     read_words = bool(spec.texts or spec.exclude_texts)
     if args.preset is None:

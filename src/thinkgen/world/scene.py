@@ -271,6 +271,23 @@ class Spec:
     texts: list[str] = field(default_factory=list)
     exclude_texts: list[str] = field(default_factory=list)
 
+    def check_vocabulary(self) -> None:
+        """Raise ``ValueError`` naming the first clause that uses a shape, colour or relation the world lacks."""
+        for kind, clauses in (("include", self.include), ("exclude", self.exclude)):
+            for i, clause in enumerate(clauses):
+                where = f"{kind}[{i}]"
+                _check_choice(f"shape in {where}", clause.shape, SHAPES)
+                if clause.colour is not None:
+                    _check_choice(f"colour in {where}", clause.colour, COLOURS)
+                if clause.count < 1:
+                    raise ValueError(f"count in {where} must be >= 1, got {clause.count}")
+                if clause.position is not None:
+                    _check_choice(f"relation in {where}", clause.position[0], RELATIONS)
+                    if not 0 <= clause.position[1] < len(self.include):
+                        raise ValueError(
+                            f"position in {where} refers to include[{clause.position[1]}], which does not exist"
+                        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "tag": self.tag,
