@@ -36,6 +36,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from .serve import cli as serve_cli
 
     serve_cli.add_commands(commands)
+    from .eval import cli as eval_cli
+
+    eval_cli.add_commands(commands)
     return parser
 
 

@@ -1,0 +1,90 @@
+"""The nano world's own benchmark: its test split, every scenario, judged by the world's exact judge.
+
+Loader: no file; the first ``num_per_scenario`` samples of the test split of each scenario
+(:func:`thinkgen.world.scenarios.generate`, so the same prompts on every machine). Edits carry their
+rendered input images.
+
+Layout: ``<root>/<scenario>/<0000>.png``; further images of a prompt ``<0000>_<k>.png``.
+
+Scorer: :func:`thinkgen.world.score.score_spec` with a detector tuned to the world
+(:meth:`~thinkgen.world.detect.DetectorConfig.for_world`); an image is correct when every clause of its
+spec holds (GenEval's strict rule with exact colours), and its score is the mean clause credit. A
+scenario's accuracy is the mean over its images; overall = the mean of the scenario accuracies. The mean
+clause credit is reported per scenario as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+from ..world.scenarios import SCENARIOS, generate
+from ..world.scene import Spec, WorldConfig, get_preset
+from .runner import EvalItem, FileLayout, category_means, mean, suffixed
+
+
+def load_nano(
+    num_per_scenario: int,
+    scenarios: Sequence[str] = SCENARIOS,
+    seed: int = 0,
+    preset: str = "nano",
+) -> list[EvalItem]:
+    """The test-split prompts of the world: ``num_per_scenario`` per scenario, keys ``<scenario>/<0000>``."""
+    if num_per_scenario < 1:
+        raise ValueError(f"num_per_scenario={num_per_scenario} must be >= 1")
+    world = get_preset(preset)
+    items = []
+    for scenario in scenarios:
+        for i in range(num_per_scenario):
+            sample = generate(scenario, i, config=world, seed=seed, split="test")
+            meta = {"spec": sample.spec.to_dict(), "kind": sample.meta.get("kind"), "answer": sample.answer,
+                    "held_out": sample.meta.get("held_out", False), "preset": preset}
+            items.append(EvalItem(f"{scenario}/{i:04d}", scenario, sample.instruction,
+                                  tuple(sample.input_images()), meta))
+    return items
+
+
+NANO_LAYOUT = FileLayout(lambda item, k: suffixed(item.key, k))
+
+
+class NanoScorer:
+    """The world's judge over generated images (see the module docstring).
+
+    Args:
+        world: the world the prompts come from (sets the detector's thresholds).
+    """
+
+    def __init__(self, world: WorldConfig | None = None) -> None:
+        from ..world.detect import DetectorConfig, WorldDetector
+
+        self.world = world or get_preset("nano")
+        self.detector = WorldDetector(DetectorConfig.for_world(self.world))
+        self.scorer_id = f"nano/world-judge/{self.world.canvas_px}"
+
+    def score(self, item: EvalItem, images: list[Image.Image], record: dict[str, Any]) -> dict[str, Any]:
+        from ..world.score import score_spec
+
+        spec = Spec.from_dict(item.meta["spec"])
+        verdicts = [score_spec(image, spec, self.detector) for image in images]
+        failed = [[f"{c.kind}[{c.index}] {c.clause} found {c.found}" for c in v.clauses if not c.satisfied]
+                  for v in verdicts]
+        return {
+            "score": mean(v.score for v in verdicts),
+            "passed": all(v.correct for v in verdicts),
+            "accuracy": mean(float(v.correct) for v in verdicts),
+            "per_image": [{"correct": v.correct, "score": v.score, "reasons": r} for v, r in zip(verdicts, failed)],
+        }
+
+    def aggregate(self, samples: list[dict[str, Any]], items: Sequence[EvalItem]) -> dict[str, Any]:
+        scored = [s for s in samples if s.get("error") is None]
+        accuracy = category_means(scored, "accuracy")
+        credit = category_means(scored)
+        return {
+            "overall": mean(accuracy.values()),
+            "categories": accuracy,
+            "metrics": {"mean_clause_credit": mean(s["score"] for s in scored),
+                        **{f"clause_credit/{c}": v for c, v in credit.items()}},
+            "scale": "exact-match accuracy in [0, 1]; overall = mean of the scenario accuracies",
+        }

@@ -1,0 +1,115 @@
+"""Benchmark generation: recorded seeds, batching that does not change images, resume after an interruption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from eval_support import tiny_pipeline
+
+from thinkgen.eval.nano import NANO_LAYOUT, NanoScorer, load_nano
+from thinkgen.eval.runner import MANIFEST, FileLayout, GenerationConfig, generate_mode, load_manifest, score_mode
+
+
+def _items(num: int = 3):
+    return load_nano(num, ["composition"])
+
+
+class CountingPipeline:
+    """The tiny pipeline, recording the prompts of every call."""
+
+    def __init__(self) -> None:
+        self.pipe = tiny_pipeline()
+        self.prompts: list[list[str]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, prompts, **kwargs):
+        self.prompts.append(list(prompts))
+        return self.pipe(prompts, **kwargs)
+
+
+def _bytes(root, records):
+    return [(root / p).read_bytes() for r in records for p in r["images"]]
+
+
+CONFIG = GenerationConfig(num_images_per_prompt=2, seed=10, batch_size=2, max_thinking_tokens=4,
+                          max_instruction_tokens=3)
+
+
+def test_seeds_are_recorded_and_batching_does_not_change_images(tmp_path) -> None:
+    items = _items()
+    records, stats = generate_mode(tiny_pipeline, items, NANO_LAYOUT, tmp_path / "a", False, CONFIG)
+    assert [r["seeds"] for r in records] == [[10, 11], [12, 13], [14, 15]]  # seed + i·N + k
+    assert stats.num_images_generated == 6 and records[1]["images"] == ["composition/0001.png",
+                                                                        "composition/0001_1.png"]
+    one_by_one = GenerationConfig(**{**CONFIG.__dict__, "batch_size": 1})
+    again, _ = generate_mode(tiny_pipeline, items, NANO_LAYOUT, tmp_path / "b", False, one_by_one)
+    assert _bytes(tmp_path / "a", records) == _bytes(tmp_path / "b", again)
+
+
+def test_interrupted_run_resumes_without_regenerating(tmp_path) -> None:
+    items = _items()
+    reference, _ = generate_mode(tiny_pipeline, items, NANO_LAYOUT, tmp_path / "whole", True, CONFIG)
+
+    writes = []
+
+    def crash_on_third(item, k):
+        writes.append(item.key)
+        if item.key == items[2].key:
+            raise KeyboardInterrupt  # the user stops the run in the second batch
+        return NANO_LAYOUT.path_of(item, k)
+
+    root = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        generate_mode(tiny_pipeline, items, FileLayout(crash_on_third), root, True, CONFIG)
+    assert list(load_manifest(root)) == [items[0].key, items[1].key]
+    with open(root / MANIFEST, "a") as f:
+        f.write('{"key": "composition/00')  # and a torn line, as a kill during an append leaves
+    pipe = CountingPipeline()
+    records, stats = generate_mode(lambda: pipe, items, NANO_LAYOUT, root, True, CONFIG)
+    assert pipe.prompts == [[items[2].prompt]] and stats.num_prompts_done_before == 2
+    assert [r["key"] for r in records] == [it.key for it in items]
+    assert _bytes(root, records) == _bytes(tmp_path / "whole", reference)
+    assert [r["reasoning"] for r in records] == [r["reasoning"] for r in reference]
+    # A finished run generates nothing: the pipeline is not even loaded.
+    generate_mode(lambda: pytest.fail("loaded the pipeline"), items, NANO_LAYOUT, root, True, CONFIG)
+
+
+def test_resume_refuses_other_settings(tmp_path) -> None:
+    items = _items(1)
+    generate_mode(tiny_pipeline, items, NANO_LAYOUT, tmp_path, False, CONFIG)
+    other = GenerationConfig(**{**CONFIG.__dict__, "seed": 11})
+    with pytest.raises(ValueError, match=r"other settings \(seed: 10 → 11\)"):
+        generate_mode(tiny_pipeline, items, NANO_LAYOUT, tmp_path, False, other)
+
+
+def test_scores_are_cached_per_scorer(tmp_path) -> None:
+    items = _items(2)
+    records, _ = generate_mode(tiny_pipeline, items, NANO_LAYOUT, tmp_path, False, CONFIG)
+    scorer = NanoScorer()
+    first = score_mode(scorer, items, records, NANO_LAYOUT, tmp_path, 2)
+    assert [s["key"] for s in first] == [it.key for it in items]
+    assert all(0.0 <= s["score"] <= 1.0 and len(s["per_image"]) == 2 for s in first)
+
+    class Failing(NanoScorer):
+        def score(self, *args):
+            raise AssertionError("cached scores must be reused")
+
+    failing = Failing()
+    assert score_mode(failing, items, records, NANO_LAYOUT, tmp_path, 2) == first
+    lines = (tmp_path / "scores.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["scorer_id"] == scorer.scorer_id
+
+
+def test_nano_scorer_accepts_the_world_targets() -> None:
+    from thinkgen.world.scenarios import generate
+
+    scorer = NanoScorer()
+    for scenario in ("composition", "edit", "reasoning"):
+        items = load_nano(2, [scenario])
+        for i, item in enumerate(items):
+            target = generate(scenario, i, split="test").target_image()
+            result = scorer.score(item, [target], {})
+            assert result["passed"] and result["score"] == 1.0, (item.key, result)
