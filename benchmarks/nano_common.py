@@ -1,0 +1,93 @@
+"""Helpers shared by the nano benchmarks: world image batches, the judge, a time-based LR schedule."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from thinkgen.world.dataset import to_tensor
+from thinkgen.world.detect import Detection, DetectorConfig, WorldDetector
+from thinkgen.world.scenarios import iter_samples
+from thinkgen.world.scene import COLOURS, TEXT_RGB, Spec, WorldConfig, get_preset
+from thinkgen.world.score import score_spec
+
+# Centres of the same object read from two images of one scene differ by anti-aliasing only.
+CENTRE_TOLERANCE = 0.04
+
+
+def world_palette(config: WorldConfig) -> list[list[int]]:
+    """The colours a scene of ``config`` can contain (its colours plus the text colour), as RGB lists."""
+    rgb = [COLOURS[c] for c in config.colours]
+    if TEXT_RGB not in rgb:
+        rgb.append(TEXT_RGB)
+    return [list(c) for c in rgb]
+
+
+def preset_config(name: str) -> WorldConfig:
+    """A world preset by name; ``nano-nowords`` is ``nano`` without words (a composition-only world)."""
+    if name == "nano-nowords":
+        return get_preset("nano").replace(use_words=False)
+    return get_preset(name)
+
+
+def to_model_range(images: Sequence[Image.Image]) -> torch.Tensor:
+    """PIL images → (B, 3, H, W) in [-1, 1]."""
+    return torch.stack([to_tensor(i) for i in images]) * 2 - 1
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] → PIL images."""
+    array = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
+
+
+def image_stream(config: WorldConfig, scenarios: Sequence[str], split: str, seed: int) -> Iterator[Image.Image]:
+    """Every image (edit inputs and targets) of a world sample stream, forever."""
+    for sample in iter_samples(list(scenarios), config=config, split=split, seed=seed):
+        yield sample.target_image()
+        yield from sample.input_images()
+
+
+def same_detection(a: Detection, b: Detection) -> bool:
+    """Whether two detections name the same objects (shape, colour, centre) and the same words."""
+    if sorted(w.text for w in a.words) != sorted(w.text for w in b.words) or len(a.objects) != len(b.objects):
+        return False
+    key = lambda o: (o.shape, o.colour, o.centre)  # noqa: E731
+    for x, y in zip(sorted(a.objects, key=key), sorted(b.objects, key=key)):
+        if x.shape != y.shape or x.colour != y.colour:
+            return False
+        if max(abs(p - q) for p, q in zip(x.centre, y.centre)) > CENTRE_TOLERANCE:
+            return False
+    return True
+
+
+def world_detector(config: WorldConfig) -> WorldDetector:
+    """The judge's detector with the thresholds of ``config``'s world."""
+    return WorldDetector(DetectorConfig.for_world(config))
+
+
+def judge(detector: WorldDetector, image: Image.Image, spec: Spec) -> tuple[bool, float]:
+    """(spec satisfied exactly, word accuracy) of one generated image by the world's judge; word
+    accuracy is 1.0 when the spec asks for no words."""
+    result = score_spec(image, spec, detector)
+    return result.correct, result.text.word_accuracy if result.text is not None else 1.0
+
+
+def core_seconds(threads: int) -> float:
+    """CPU seconds this process has used, divided by its thread count: the wall time the work would take
+    on ``threads`` idle cores. Used as the training clock because the machine is shared and wall time
+    measures other people's load as much as ours."""
+    return time.process_time() / threads
+
+
+def cosine_lr(base: float, fraction: float, warmup: float = 0.02, floor: float = 0.05) -> float:
+    """Learning rate at ``fraction`` of the run's time budget: linear warm-up, cosine to ``floor·base``."""
+    if fraction < warmup:
+        return base * max(fraction, 1e-3) / warmup
+    progress = min(1.0, (fraction - warmup) / (1 - warmup))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
