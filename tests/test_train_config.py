@@ -13,22 +13,34 @@ from thinkgen.train.config import TRAINERS, RecipeError, load_recipe
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*/*.toml"))
 # Fields whose value is a free-form table of another class's arguments (DiT / tiny-MLLM constructors).
-FREE_TABLES = {"dit", "tiny"}
+FREE_TABLES = {"dit", "tiny", "tiny_dit"}
+# Keys a section may leave out because its kind does not use them.
+KIND_FIELDS = {"jsonl": {"scenarios", "preset", "split"}, "world": {"path"}}
 
+
+def _check_sections(path: Path, config: object, data: dict) -> None:
+    """Every section of ``data`` names every field of its dataclass (free tables, e.g. [rewards], aside)."""
+    assert set(data) - {"trainer"} == {f.name for f in dataclasses.fields(config)}
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if not dataclasses.is_dataclass(value):  # a free table ([rewards]) is checked by its config
+            continue
+        named = set(data[section.name])
+        expected = {f.name for f in dataclasses.fields(value)}
+        unused = KIND_FIELDS.get(data[section.name].get("kind"), set()) if section.name == "prompts" else set()
+        # A recipe may leave out a free-form constructor table it does not use (dit when loading a DiT).
+        missing = expected - named - unused
+        assert missing <= FREE_TABLES, f"{path.name} [{section.name}] does not name {missing}"
+        if all(dataclasses.is_dataclass(getattr(value, f.name)) for f in dataclasses.fields(value)):
+            _check_sections(path, value, data[section.name])  # a stage nested in a schedule (sepgrpo)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_recipes_load_and_name_every_setting(path):
     config = load_recipe(path)
     data = tomllib.loads(path.read_text())
-    assert set(data) - {"trainer"} == {f.name for f in dataclasses.fields(config)}
-    for section in dataclasses.fields(config):
-        value = getattr(config, section.name)
-        named = set(data[section.name])
-        expected = {f.name for f in dataclasses.fields(value)}
-        # A recipe may leave out a free-form constructor table it does not use (dit when loading a DiT).
-        assert expected - named <= FREE_TABLES, f"{path.name} [{section.name}] does not name {expected - named}"
-    for source in data["data"]["sources"]:
+    _check_sections(path, config, data)
+    for source in data.get("data", {}).get("sources", []):
         # A source names what applies to its kind: the file of a JSONL source, the stream of a world one.
         kind_fields = {"path"} if source["kind"] == "jsonl" else {"scenarios", "preset", "split", "seed"}
         assert set(source) == {"name", "kind", "weight"} | kind_fields
@@ -38,7 +50,9 @@ def test_recipes_cover_every_stage_and_scale():
     names = {f"{p.parent.name}/{p.stem}" for p in RECIPES}
     assert {"nano/stage1_connector", "nano/stage2_dit", "nano/stage3_finetune", "nano/mllm",
             "full/stage1", "full/stage2", "full/stage3"} <= names
-    stages = [load_recipe(p).train.stage for p in RECIPES if p.stem != "mllm"]
+    assert {f"{scale}/{stage}" for scale in ("nano", "full")
+            for stage in ("stage4_mllm_grpo", "stage5_dit_grpo", "sepgrpo")} <= names
+    stages = [load_recipe(p).train.stage for p in RECIPES if tomllib.loads(p.read_text())["trainer"] == "sft"]
     assert set(stages) == {"connector", "dit", "finetune"}
 
 

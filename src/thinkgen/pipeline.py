@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 from .imageio import load_image, pil_to_tensor, tensor_to_pil
 from .models.dit import ThinkGenTransformer2DModel
 from .models.mllm import MLLMOutput, ThinkGenMLLM, ThinkingConfig
+from .models.refine import is_match_verdict
 from .models.vae import ImageCodec, load_codec
 from .sampling import sample_latents
 
@@ -402,7 +403,8 @@ class ThinkGenPipeline:
                     reasoning[i], instruction[i] = out.reasoning[k].strip(), out.instruction[k].strip()
         return states, mask, reasoning, instruction, counts
 
-    def _encode_negative(self, negative_prompt: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_negative(self, negative_prompt: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """States ``(batch, L, 2·D)`` and mask ``(batch, L)`` of the negative prompt, for the CFG branches."""
         # The released pipeline encodes the negative prompt through the no-think template, without images.
         out = self.mllm.encode_prompt([negative_prompt or " "], think=False)
         states = out.instruction_states.to(self.device).expand(batch, -1, -1)
@@ -417,7 +419,9 @@ class ThinkGenPipeline:
         fit = lambda v: max(multiple, int(v * scale) // multiple * multiple)  # noqa: E731
         return fit(width), fit(height)
 
-    def _encode_references(self, images: list[list[Image.Image]]) -> list[list[torch.Tensor] | None]:
+    def encode_references(self, images: list[list[Image.Image]]) -> list[list[torch.Tensor] | None]:
+        """Per prompt, the codec latents ``(C, h, w)`` of its input images (each fitted to an allowed size), or
+        ``None`` without images."""
         refs: list[list[torch.Tensor] | None] = []
         for row in images:
             if not row:
@@ -529,7 +533,7 @@ class ThinkGenPipeline:
         batch = states.shape[0]
         neg_states = neg_mask = None
         if text_scale > 1.0:
-            neg_states, neg_mask = self._encode_negative(
+            neg_states, neg_mask = self.encode_negative(
                 cfg.negative_prompt if negative_prompt is None else negative_prompt, batch
             )
         thinking_s = time.perf_counter() - start
@@ -570,7 +574,7 @@ class ThinkGenPipeline:
         """Steps 3–6 of a call, from instruction states (already repeated ``n`` times per prompt) to images."""
         batch = states.shape[0]
         # 3. Encode reference images
-        refs = self._encode_references(image_rows)
+        refs = self.encode_references(image_rows)
         refs = [r for r in refs for _ in range(n)]
 
         # 4. Prepare latents
@@ -619,8 +623,7 @@ class ThinkGenPipeline:
 
     def is_match_verdict(self, instruction: str) -> bool:
         """Whether an instruction is the MLLM's verdict that the image already matches the prompt."""
-        norm = lambda s: " ".join(s.lower().replace(".", " ").split())  # noqa: E731
-        return norm(instruction).startswith(norm(self.config.match_verdict))
+        return is_match_verdict(instruction, self.config.match_verdict)
 
     def reflect(
         self,

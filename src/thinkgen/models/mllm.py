@@ -534,6 +534,49 @@ class ThinkGenMLLM:
             num_forward_calls=capture.num_forward_calls,
         )
 
+    def completion_inputs(
+        self,
+        prompt: Sequence[str],
+        images: Sequence[Sequence[Image.Image]] | None,
+        generated_ids: Sequence[torch.Tensor],
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Teacher-forcing inputs of think-mode prompts followed by their generated tokens.
+
+        The layout is the one ``generate`` builds: the prompts left-padded, each row's generated ids after
+        them, right-padded, so a forward over these inputs scores the generation as it was sampled (the
+        policy-gradient log-probs of RL on the MLLM).
+
+        Args:
+            prompt (`list[str]`): the user prompts, one per row.
+            images (*optional*): one list of PIL images per row.
+            generated_ids (`list[torch.Tensor]`): per row, the ids generated after the ``<think>\n`` prefill
+                (``MLLMOutput.generated_ids``).
+
+        Returns:
+            The model inputs (``input_ids`` and ``attention_mask`` of shape `(B, P + n)`, image tensors), and
+            `completion_mask` of shape `(B, n)`, True on generated tokens. The generated ids sit at positions
+            ``P … P + n − 1``; the logits at ``P − 1 … P + n − 2`` predict them.
+        """
+        prompts, images_per_row = self._normalize(list(prompt), images)
+        if len(generated_ids) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(generated_ids)} generated rows")
+        texts = [
+            build_prompt(p, len(row), think=True, system_prompt=self.system_prompt)
+            for p, row in zip(prompts, images_per_row)
+        ]
+        inputs = self._processor_inputs(texts, images_per_row, padding_side="left")
+        length = max(int(ids.shape[0]) for ids in generated_ids)
+        completion_ids = torch.full((len(prompts), length), self.pad_token_id, dtype=torch.long, device=self.device)
+        completion_mask = torch.zeros(len(prompts), length, dtype=torch.bool, device=self.device)
+        for i, ids in enumerate(generated_ids):
+            completion_ids[i, : ids.shape[0]] = ids.to(self.device)
+            completion_mask[i, : ids.shape[0]] = True
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], completion_ids], dim=1)  # (B, P + n)
+        inputs["attention_mask"] = torch.cat([inputs["attention_mask"], completion_mask.long()], dim=1)
+        if "mm_token_type_ids" in inputs:
+            inputs["mm_token_type_ids"] = torch.nn.functional.pad(inputs["mm_token_type_ids"], (0, length))
+        return inputs, completion_mask
+
     def _split_generation(self, generated_ids: torch.Tensor) -> tuple[str, str, str, torch.Tensor]:
         """(text, reasoning, instruction, ids up to and including the end token) of one generated row."""
         ends = (generated_ids == self.end_token_id).nonzero().flatten()

@@ -24,6 +24,15 @@ class ThoughtNotClosedError(ValueError):
     not of the caller's arguments, so callers such as the server can tell the two apart."""
 
 
+def is_match_verdict(instruction: str, verdict: str) -> bool:
+    """Whether an instruction is the MLLM's reflection verdict that the image already matches its prompt.
+
+    Case, full stops and runs of whitespace are ignored; the instruction may go on after the verdict.
+    """
+    norm = lambda s: " ".join(s.lower().replace(".", " ").split())  # noqa: E731
+    return norm(instruction).startswith(norm(verdict))
+
+
 def conditioning_states(second_to_last_states: torch.Tensor, last_states: torch.Tensor) -> torch.Tensor:
     """The DiT's conditioning features: ``cat([hidden_states[-2], hidden_states[-1]], -1)``.
 

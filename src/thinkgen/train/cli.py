@@ -1,4 +1,4 @@
-"""``thinkgen train``: run a training recipe (DiT stages 1-3 or the nano MLLM) with overrides."""
+"""``thinkgen train``: run a training recipe (DiT stages 1-3, the nano MLLM, or the SepGRPO stages) with overrides."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``train`` on the top-level subcommands."""
     parser = subparsers.add_parser(
         "train",
-        help="train from a recipe (DiT stages 1-3, nano MLLM)",
+        help="train from a recipe (DiT stages 1-3, nano MLLM, SepGRPO stages 4-5)",
         description=(
             "Run the training recipe FILE; a run resumes from its newest checkpoint. Multi-process: "
             "torchrun --nproc_per_node N -m thinkgen.cli train --recipe FILE (or accelerate launch). "
-            "Example: thinkgen train --recipe recipes/nano/stage2_dit.toml --set run.max_steps=100"
+            "Examples: thinkgen train --recipe recipes/nano/stage2_dit.toml --set run.max_steps=100; "
+            "thinkgen train --recipe recipes/nano/sepgrpo.toml"
         ),
     )
     parser.add_argument("--recipe", type=Path, required=True, help="the TOML recipe")
@@ -38,6 +39,30 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     config = load_recipe(args.recipe, args.overrides)
+    if isinstance(config, (SFTStageConfig, MLLMSFTConfig)):
+        return _run_supervised(args, config)
+    from thinkgen.rl.config import DiTGRPOConfig, MLLMGRPOConfig
+
+    if args.validate:
+        from thinkgen.rl.common import PromptSource
+
+        single = isinstance(config, (MLLMGRPOConfig, DiTGRPOConfig))
+        stages = [config] if single else [config.mllm_grpo, config.dit_grpo]
+        for stage in stages:  # the first prompt of each stage's stream loads (files, images, specs)
+            PromptSource(stage.prompts).get(0)
+        logger.info("%s is valid: %s", args.recipe, type(config).__name__)
+        return 0
+    if isinstance(config, MLLMGRPOConfig):
+        from thinkgen.rl.mllm_grpo import train
+    elif isinstance(config, DiTGRPOConfig):
+        from thinkgen.rl.dit_grpo import train
+    else:
+        from thinkgen.rl.sepgrpo import train
+    train(config)
+    return 0
+
+
+def _run_supervised(args: argparse.Namespace, config: SFTStageConfig | MLLMSFTConfig) -> int:
     if args.validate:
         sources = build_sources(config.data, config.run.seed, REQUIRED_FIELDS[type(config)])
         logger.info("%s is valid: %s; sources: %s", args.recipe, type(config).__name__,

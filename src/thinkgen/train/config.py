@@ -2,7 +2,8 @@
 
 A recipe is a TOML file whose sections mirror the dataclasses below::
 
-    trainer = "sft"                  # "sft" (DiT stages 1-3) or "mllm_sft" (the nano MLLM)
+    trainer = "sft"                  # "sft" (DiT stages 1-3) or "mllm_sft" (the nano MLLM); the RL
+                                     # trainers (mllm_grpo, dit_grpo, sepgrpo) are in thinkgen.rl.config
     [run]       output dir, seed, steps, logging / saving / sampling cadence
     [model]     where the MLLM, DiT and codec come from
     [data]      batch sizes, image size, [[data.sources]] with mixing weights
@@ -463,6 +464,14 @@ TRAINERS: dict[str, type] = {"sft": SFTStageConfig, "mllm_sft": MLLMSFTConfig}
 TrainerConfig = SFTStageConfig | MLLMSFTConfig
 
 
+def all_trainers() -> dict[str, type]:
+    """Every trainer's config class by recipe name: the supervised ones here and the RL ones of
+    :mod:`thinkgen.rl.config` (imported late: those configs build on this module's sections)."""
+    from thinkgen.rl.config import RL_TRAINERS
+
+    return {**TRAINERS, **RL_TRAINERS}
+
+
 # ---- recipe loading ---------------------------------------------------------------------------------
 
 
@@ -552,9 +561,10 @@ def config_from_dict(data: dict[str, Any]) -> TrainerConfig:
     """Build the trainer config named by ``data["trainer"]`` from a parsed recipe."""
     data = dict(data)
     trainer = data.pop("trainer", None)
-    if trainer not in TRAINERS:
-        raise RecipeError(f"trainer = {trainer!r} is not allowed; allowed: {', '.join(TRAINERS)}")
-    return _build(TRAINERS[trainer], data)
+    trainers = all_trainers()
+    if trainer not in trainers:
+        raise RecipeError(f"trainer = {trainer!r} is not allowed; allowed: {', '.join(trainers)}")
+    return _build(trainers[trainer], data)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainerConfig:
@@ -565,7 +575,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Trainer
         overrides: ``section.key=value`` strings (values in TOML syntax; a bare word is a string).
 
     Returns:
-        :class:`SFTStageConfig` or :class:`MLLMSFTConfig`, by the recipe's ``trainer`` key.
+        The config of the recipe's ``trainer``: :class:`SFTStageConfig`, :class:`MLLMSFTConfig`, or one of
+        :mod:`thinkgen.rl.config` (``mllm_grpo``, ``dit_grpo``, ``sepgrpo``).
 
     Raises:
         FileNotFoundError: No such file.
@@ -587,6 +598,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Trainer
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config (written beside the run, so a run records what it ran)."""
-    trainer = next((name for name, cls in TRAINERS.items() if isinstance(config, cls)), None)
+    trainer = next((name for name, cls in all_trainers().items() if isinstance(config, cls)), None)
     out = dataclasses.asdict(config)
     return {"trainer": trainer, **out} if trainer else out

@@ -1,0 +1,328 @@
+"""What both GRPO stages share: the pipeline, prompts, per-scenario rewards, group advantages, evaluation.
+
+Each piece is a plain function or a small class used from the loops in :mod:`.mllm_grpo` and
+:mod:`.dit_grpo`, which stay the place to read what happens in which order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import gather_object
+
+from thinkgen.imageio import load_image
+from thinkgen.models.mllm import ThinkingConfig
+from thinkgen.pipeline import ThinkGenPipeline
+from thinkgen.rewards.registry import WeightedReward, build_rewards, combine_rewards
+from thinkgen.rl.config import DEFAULT_REWARD_KEY, PromptConfig, RLEvalConfig, RLModelConfig, RolloutSampleConfig
+from thinkgen.train.distributed import build_accelerator
+from thinkgen.world.detect import DetectorConfig, WorldDetector
+from thinkgen.world.scenarios import generate, pick_scenario
+from thinkgen.world.scene import Spec, get_preset
+
+logger = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# A DiT for `pipeline = "tiny"` when the recipe gives no [model].tiny_dit: 32x32 pixels, patch 4.
+TINY_DIT_DEFAULTS: dict[str, Any] = {
+    "patch_size": 4, "hidden_size": 48, "num_layers": 1, "num_refiner_layers": 1, "num_attention_heads": 2,
+    "num_kv_heads": 1, "multiple_of": 16, "axes_dim_rope": [8, 8, 8], "num_prepad_states": 4,
+}
+
+
+# ---- compute and models -------------------------------------------------------------------------
+
+
+def rl_accelerator(mixed_precision: str, no_split_modules: list[str]) -> Accelerator:
+    """One accelerator per RL run: DDP (or one process), mixed precision, no implicit gradient accumulation
+    (the loops accumulate over rollouts themselves and step the optimizer explicitly)."""
+    processes = PartialState(cpu=not torch.cuda.is_available()).num_processes
+    return build_accelerator("auto", mixed_precision, processes, 1, no_split_modules, find_unused_parameters=True)
+
+
+def load_pipeline(model: RLModelConfig, seed: int) -> ThinkGenPipeline:
+    """The pipeline RL starts from: a folder, or ``tiny`` (a tiny random MLLM + DiT over pixels, seeded)."""
+    dtype = TORCH_DTYPES[model.dtype]
+    if model.pipeline != "tiny":
+        return ThinkGenPipeline.from_pretrained(model.pipeline, torch_dtype=dtype)
+    from thinkgen.models.dit import ThinkGenTransformer2DModel
+    from thinkgen.models.tiny import build_tiny_mllm
+    from thinkgen.models.vae import PixelCodec
+    from thinkgen.pipeline import PipelineConfig
+
+    mllm = build_tiny_mllm(seed=seed)
+    kwargs = {**TINY_DIT_DEFAULTS, **model.tiny_dit, "text_feat_dim": mllm.hidden_size, "in_channels": 3}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        dit = ThinkGenTransformer2DModel(**kwargs)
+    if dtype != torch.float32:
+        mllm.model.to(dtype)
+        dit.to(dtype)
+    return ThinkGenPipeline(mllm, dit.eval(), PixelCodec(), PipelineConfig(height=32, width=32))
+
+
+def add_lora(model: torch.nn.Module, rank: int, alpha: float, target_modules: list[str]) -> torch.nn.Module:
+    """Wrap ``model`` in a peft LoRA model (no dropout: rollout and update must score tokens alike).
+
+    The adapters are injected into ``model`` itself, so the original object runs with them (generation,
+    the pipeline); the returned peft model is what trains and what ``disable_adapter()`` turns back into
+    the reference policy.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules))
+    return get_peft_model(model, config)
+
+
+def merged_module(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The trained module with LoRA adapters folded in (or as it is without LoRA), unwrapped, for export."""
+    unwrapped = accelerator.unwrap_model(model)
+    return unwrapped.merge_and_unload() if hasattr(unwrapped, "merge_and_unload") else unwrapped
+
+
+def nonempty_states(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Instruction states ``(B, L, 2·D)`` and mask ``(B, L)`` with ``L ≥ 1``: when every instruction of a
+    batch is empty, one masked position keeps the DiT's shapes valid (it then reads its prepadding only)."""
+    if states.shape[1] > 0:
+        return states, mask
+    return states.new_zeros(states.shape[0], 1, states.shape[2]), mask.new_zeros(mask.shape[0], 1)
+
+
+# ---- prompts ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptItem:
+    """One RL prompt and what its rewards need.
+
+    Attributes:
+        prompt: The user prompt.
+        images: Input images (edits, reflection); empty for text-to-image.
+        scenario: Which reward table scores it.
+        spec: What a correct image shows (rule rewards); ``None`` where unknown.
+        columns: Further per-item values handed to the rewards as keyword arguments.
+    """
+
+    prompt: str
+    images: list[Any]
+    scenario: str
+    spec: Spec | None
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+class PromptSource:
+    """Deterministic prompt stream: item ``index`` is always the same prompt (resume-safe).
+
+    ``world``: the scenario of each index is drawn from the mix with :func:`~thinkgen.world.scenarios.pick_scenario`
+    and the sample comes from :func:`~thinkgen.world.scenarios.generate`. ``jsonl``: the records, reshuffled
+    every pass by ``seed`` and the pass number.
+    """
+
+    def __init__(self, config: PromptConfig, split: str | None = None) -> None:
+        self.config = config
+        self.split = split or config.split
+        self.records: list[dict[str, Any]] = []
+        self.detector: WorldDetector | None = None
+        if config.kind == "jsonl":
+            path = Path(config.path)
+            if not path.is_file():
+                raise FileNotFoundError(f"prompts.path: no JSONL file at {path}")
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            self.records = [json.loads(line) for line in lines]
+            if not self.records or any("instruction" not in r for r in self.records):
+                raise ValueError(f"{path}: every record needs an 'instruction' (and there must be at least one)")
+        else:
+            self.world = get_preset(config.preset)
+            # Thresholds for this world's object sizes: the tightest judge of its images.
+            self.detector = WorldDetector(DetectorConfig.for_world(self.world))
+
+    def get(self, index: int) -> PromptItem:
+        """Prompt number ``index`` of the stream."""
+        if self.config.kind == "world":
+            mix = {name: float(weight) for name, weight in self.config.scenarios.items()}
+            scenario = pick_scenario(mix, seed=self.config.seed, split=self.split, index=index)
+            sample = generate(scenario, index, config=self.world, seed=self.config.seed, split=self.split)
+            return PromptItem(sample.instruction, sample.input_images(), sample.scenario, sample.spec,
+                              {"answer": sample.answer})
+        num = len(self.records)
+        order = list(range(num))
+        random.Random(f"{self.config.seed}:{index // num}").shuffle(order)
+        record = dict(self.records[order[index % num]])
+        folder = Path(self.config.path).parent
+        images = [load_image(folder / p) for p in record.pop("input_images", [])]
+        spec = Spec.from_dict(record.pop("spec")) if record.get("spec") else None
+        return PromptItem(record.pop("instruction"), images, str(record.pop("scenario", DEFAULT_REWARD_KEY)), spec,
+                          record)
+
+
+def process_slots(prompts_per_step: int, accelerator: Accelerator) -> list[int]:
+    """The prompt slots of a step this process rolls out (slot ``k`` is stream item ``step · P + k``)."""
+    processes = accelerator.num_processes
+    if prompts_per_step % processes:
+        raise ValueError(
+            f"prompts.prompts_per_step ({prompts_per_step}) must be a multiple of the number of processes ({processes})"
+        )
+    return list(range(accelerator.process_index, prompts_per_step, processes))
+
+
+# ---- rewards -------------------------------------------------------------------------------------
+
+
+class ScenarioRewards:
+    """The reward combination of each scenario (``[rewards.<scenario>]``, ``default`` for the rest).
+
+    Args:
+        tables: Scenario → ``{reward name or dotted path: weight}``.
+    """
+
+    def __init__(self, tables: Mapping[str, Mapping[str, float]]) -> None:
+        self.rewards: dict[str, list[WeightedReward]] = {s: build_rewards(t) for s, t in tables.items()}
+
+    def terms(self, scenario: str) -> list[WeightedReward]:
+        if scenario in self.rewards:
+            return self.rewards[scenario]
+        if DEFAULT_REWARD_KEY in self.rewards:
+            return self.rewards[DEFAULT_REWARD_KEY]
+        raise ValueError(f"no rewards for scenario {scenario!r}; configured: {', '.join(self.rewards)}")
+
+    def __call__(
+        self, scenarios: Sequence[str], prompts: Sequence[str], images: Sequence[Any], **columns: Sequence[Any]
+    ) -> tuple[list[float], dict[str, list[float | None]]]:
+        """Score every item with its scenario's rewards (one batched call per scenario).
+
+        Args:
+            scenarios, prompts, images: One per item.
+            columns: Per-item sequences (``specs``, ``instructions`` …) or one shared value (a detector).
+
+        Returns:
+            The combined reward per item, and each named reward's scores (``None`` where it did not apply
+            or the item's scenario does not use it).
+
+        Raises:
+            ValueError: An item that none of its scenario's rewards applies to.
+        """
+        total: list[float | None] = [None] * len(prompts)
+        named: dict[str, list[float | None]] = defaultdict(lambda: [None] * len(prompts))
+        for scenario in dict.fromkeys(scenarios):
+            rows = [i for i, s in enumerate(scenarios) if s == scenario]
+            sub = {k: [v[i] for i in rows] if _per_item(v, len(prompts)) else v for k, v in columns.items()}
+            scores, per_reward = combine_rewards(
+                self.terms(scenario), [prompts[i] for i in rows], [images[i] for i in rows], **sub
+            )
+            for k, i in enumerate(rows):
+                total[i] = scores[k]
+                for name, values in per_reward.items():
+                    named[name][i] = values[k]
+        missing = [i for i, t in enumerate(total) if t is None]
+        if missing:
+            raise ValueError(
+                f"no reward applies to item {missing[0]} (scenario {scenarios[missing[0]]!r}, prompt "
+                f"{prompts[missing[0]]!r}); add one to [rewards.{scenarios[missing[0]]}]"
+            )
+        return [float(t) for t in total], dict(named)
+
+
+def _per_item(value: Any, length: int) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == length
+
+
+def group_advantages(rewards: torch.Tensor, scale_rewards: bool, std_eps: float) -> torch.Tensor:
+    """GRPO's group-relative advantages (DeepSeekMath Sec. 4.1.2).
+
+    Args:
+        rewards: ``(P, G)``: G rollouts of each of P prompts.
+        scale_rewards: Divide by the group's std (GRPO, Flow-GRPO); ``False`` keeps ``r − mean`` (Dr. GRPO).
+        std_eps: Added to the std (the population std, ``unbiased=False``) before dividing.
+
+    Returns:
+        ``(P, G)`` float32, zero-mean in every group (a group of equal rewards gets all zeros).
+    """
+    rewards = rewards.float()
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if not scale_rewards:
+        return centred
+    return centred / (rewards.std(dim=1, keepdim=True, unbiased=False) + std_eps)
+
+
+def reward_metrics(
+    scenarios: Sequence[str], rewards: Sequence[float], named: Mapping[str, Sequence[float | None]], prefix: str = ""
+) -> dict[str, float]:
+    """Mean reward overall, per scenario (``reward/<scenario>``) and per named reward (``rewards/<name>``),
+    over the items of every process (the lists are gathered; with one process they are used as they are)."""
+    local = [(s, r, {n: v[i] for n, v in named.items()}) for i, (s, r) in enumerate(zip(scenarios, rewards))]
+    rows = gather_object(local)
+    scenarios, rewards = [row[0] for row in rows], [row[1] for row in rows]
+    named = {n: [row[2].get(n) for row in rows] for n in sorted({n for row in rows for n in row[2]})}
+    out = {f"{prefix}reward": sum(rewards) / len(rewards)}
+    by_scenario: dict[str, list[float]] = defaultdict(list)
+    for scenario, reward in zip(scenarios, rewards):
+        by_scenario[scenario].append(reward)
+    out.update({f"{prefix}reward/{s}": sum(v) / len(v) for s, v in sorted(by_scenario.items())})
+    for name, values in sorted(named.items()):
+        present = [v for v in values if v is not None]
+        if present:
+            out[f"{prefix}rewards/{name}"] = sum(present) / len(present)
+    return out
+
+
+def reward_columns(items: Sequence[PromptItem], repeat: int, source: PromptSource) -> dict[str, Any]:
+    """The reward columns of ``items``, each repeated ``repeat`` times (one row per rollout)."""
+    rows = [item for item in items for _ in range(repeat)]
+    keys = sorted({k for item in items for k in item.columns})
+    columns: dict[str, Any] = {
+        "specs": [item.spec for item in rows],
+        "input_images": [item.images for item in rows],
+        **{k: [item.columns.get(k) for item in rows] for k in keys},
+    }
+    if source.detector is not None:
+        columns["detector"] = source.detector
+    return columns
+
+
+# ---- evaluation -----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    pipeline: ThinkGenPipeline,
+    prompts: PromptConfig,
+    eval_config: RLEvalConfig,
+    sample: RolloutSampleConfig,
+    rewards: ScenarioRewards,
+    thinking: ThinkingConfig | None,
+    seed: int,
+) -> dict[str, float]:
+    """Mean reward of the pipeline as it is now on the first ``eval.num_prompts`` prompts of ``eval.split``.
+
+    Images are drawn with the ODE sampler and ``eval.num_inference_steps`` (more than rollouts use), from
+    fixed noise, with ``thinking`` (make it greedy) or in no-think mode when ``None``, so successive
+    evaluations are comparable. The format reward does not apply here (the pipeline returns no raw text).
+
+    Returns:
+        ``eval_reward``, ``eval_reward/<scenario>`` and ``eval_rewards/<name>``.
+    """
+    source = PromptSource(prompts, split=eval_config.split)
+    items = [source.get(i) for i in range(eval_config.num_prompts)]
+    images, instructions = [], []
+    for k, item in enumerate(items):
+        out = pipeline(
+            item.prompt, images=item.images or None, think=thinking is not None, height=sample.image_size,
+            width=sample.image_size, num_inference_steps=eval_config.num_inference_steps,
+            guidance_scale=sample.guidance_scale, image_guidance_scale=sample.image_guidance_scale,
+            negative_prompt=sample.negative_prompt, seed=seed + k, thinking=thinking,
+        )
+        images.append(out.images[0])
+        instructions.append(out.instruction[0])
+    scenarios = [item.scenario for item in items]
+    totals, named = rewards(scenarios, [i.prompt for i in items], images, instructions=instructions,
+                            **reward_columns(items, 1, source))
+    return reward_metrics(scenarios, totals, named, prefix="eval_")
