@@ -412,7 +412,7 @@ class ThinkGenPipeline:
 
     # ---- 3. reference images ----------------------------------------------------------------------------
 
-    def _fit_size(self, width: int, height: int) -> tuple[int, int]:
+    def fit_size(self, width: int, height: int) -> tuple[int, int]:
         """The nearest allowed size to ``width`` × ``height`` within the pixel limit, keeping the aspect."""
         multiple = self._size_multiple()
         scale = min(1.0, (self.config.max_image_pixels / (width * height)) ** 0.5)
@@ -429,7 +429,7 @@ class ThinkGenPipeline:
                 continue
             latents = []
             for image in row:
-                size = self._fit_size(*image.size)
+                size = self.fit_size(*image.size)
                 pixels = pil_to_tensor([image.resize(size, Image.BICUBIC) if image.size != size else image])
                 latents.append(self.codec.encode(pixels.to(self.device))[0].float())  # (C, h, w)
             refs.append(latents)
@@ -495,7 +495,7 @@ class ThinkGenPipeline:
         image_rows = self._normalize_images(images, len(prompts))
         if height is None and width is None and len(image_rows[0]) == 1 and all(len(r) == 1 for r in image_rows):
             # An edit keeps the input's size, as the released pipeline does.
-            width, height = self._fit_size(*image_rows[0][0].size)
+            width, height = self.fit_size(*image_rows[0][0].size)
         height = cfg.height if height is None else height
         width = cfg.width if width is None else width
         steps = cfg.num_inference_steps if num_inference_steps is None else num_inference_steps

@@ -250,7 +250,7 @@ def _output_size(pipe: ThinkGenPipeline, item_images: list[Image.Image], config:
         return config.height, config.width
     if len(item_images) == 1:
         # The pipeline's own rule for an edit: the input's size, fitted to its limits and multiples.
-        width, height = pipe._fit_size(*item_images[0].size)
+        width, height = pipe.fit_size(*item_images[0].size)
         return height, width
     return pipe.config.height, pipe.config.width
 
