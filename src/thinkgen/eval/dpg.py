@@ -18,7 +18,6 @@ mean over prompts, in percent. A category's score is the mean over all its (imag
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from PIL import Image
 
 from ..imageio import atomic_write_bytes, load_image
 from .judge import JudgeClient, parse_numbered_yes_no
-from .runner import EvalItem, category_means, mean, png_bytes, require_field
+from .runner import EvalItem, category_means, iter_jsonl_file, mean, png_bytes, require_field
 
 QUESTION_COLUMNS = ("item_id", "proposition_id", "dependency", "category_broad", "question_natural_language")
 CATEGORY_ORDER = ("entity", "attribute", "relation", "global", "other")
@@ -57,19 +56,9 @@ def load_dpg(path: str | Path) -> list[EvalItem]:
     Raises:
         ValueError: a line that is not JSON or misses a field (naming the line), or a repeated ``item_id``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DPG prompt file not found: {path}")
     items: list[EvalItem] = []
     seen: set[str] = set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {n}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not JSON ({err.msg})") from err
+    for where, raw in iter_jsonl_file(path, "DPG prompt file"):
         item_id = str(require_field(raw, "item_id", (str, int), where))
         prompt = require_field(raw, "prompt", str, where)
         if item_id in seen:

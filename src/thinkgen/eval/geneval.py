@@ -39,7 +39,7 @@ from PIL import Image
 
 from ..imageio import atomic_write_bytes, load_image
 from ..world.geometry import relation
-from .runner import EvalItem, mean, png_bytes
+from .runner import EvalItem, iter_jsonl_file, mean, png_bytes
 
 GENEVAL_TASKS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 GENEVAL_COLOURS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black",
@@ -125,18 +125,8 @@ def load_geneval(path: str | Path) -> list[EvalItem]:
         FileNotFoundError: no such file.
         ValueError: a line that is not JSON or misses a field, naming the line and the field.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GenEval metadata file not found: {path}")
     items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {n}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not JSON ({err.msg})") from err
+    for where, raw in iter_jsonl_file(path, "GenEval metadata file"):
         meta = parse_metadata(raw, where)
         items.append(EvalItem(f"{len(items):05d}", meta["tag"], meta["prompt"], meta={"geneval": meta}))
     if not items:

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -493,6 +493,22 @@ def read_json_file(path: str | Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}") from err
+
+
+def iter_jsonl_file(path: str | Path, what: str) -> Iterator[tuple[str, Any]]:
+    """``(where, record)`` per non-blank line of a benchmark's JSONL file; ``where`` names file and line for
+    error messages. A missing file or a line that is not JSON is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {n}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not JSON ({err.msg})") from err
 
 
 def require_field(record: Any, name: str, kind: type | tuple[type, ...], where: str) -> Any:
