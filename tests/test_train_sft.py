@@ -108,6 +108,7 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path):
     script.write_text(f"""
 import json, sys, torch, torch.distributed as dist
 from thinkgen.train.config import load_recipe
+from thinkgen.train.distributed import end_processes
 from thinkgen.train.sft import train
 result = train(load_recipe({str(recipe)!r}, {overrides!r}))
 flat = torch.cat([p.detach().flatten() for p in result.model.parameters()])
@@ -116,9 +117,8 @@ dist.all_gather(gathered, flat)
 if dist.get_rank() == 0:
     json.dump({{"losses": result.losses, "in_sync": all(torch.equal(g, gathered[0]) for g in gathered),
                "world_size": dist.get_world_size()}}, open({str(tmp_path / "ddp.json")!r}, "w"))
-# Both ranks leave together: a rank exiting while gloo still serves the other aborts the process.
-dist.barrier()
-dist.destroy_process_group()
+del result, flat, gathered
+end_processes()
 """)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
                str(script)]

@@ -59,6 +59,9 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         from thinkgen.rl.sepgrpo import train
     train(config)
+    from thinkgen.train.distributed import end_processes
+
+    end_processes()
     return 0
 
 
@@ -73,4 +76,7 @@ def _run_supervised(args: argparse.Namespace, config: SFTStageConfig | MLLMSFTCo
     else:
         from thinkgen.train.mllm_sft import train
     train(config)
+    from thinkgen.train.distributed import end_processes
+
+    end_processes()
     return 0

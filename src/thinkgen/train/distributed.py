@@ -15,9 +15,11 @@ Models in ``thinkgen.models`` import nothing distributed; they only declare what
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, FullyShardedDataParallelPlugin
 from torch.distributed.checkpoint.state_dict import (
@@ -78,6 +80,19 @@ def build_accelerator(
         fsdp_plugin=fsdp_plugin,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
     )
+
+
+def end_processes() -> None:
+    """Leave the process group together, after training returned on every process.
+
+    The wrapped model and the accelerator hold the process group; collecting them first lets gloo join its
+    worker threads now rather than during interpreter shutdown, where a still-running worker aborts the
+    process. The barrier keeps a rank from closing its sockets while another still talks to it.
+    """
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def wrap_model(accelerator: Accelerator, model: torch.nn.Module, gradient_checkpointing: bool) -> torch.nn.Module:
