@@ -1,5 +1,9 @@
 """Train the nano world's palette autoencoder for a fixed budget of core-minutes, check it, save it.
 
+The trainer proper is ``thinkgen train --recipe recipes/nano/codec.toml`` (step-based, checkpointed,
+resumable); this script shares its loss, data and checks (:mod:`thinkgen.train.codec`) and measures what
+a time budget buys, e.g. to compare codec shapes.
+
     python benchmarks/nano_autoencoder.py --out runs/ae_x4c4 --factor 4 --channels 4 --minutes 10
     python benchmarks/nano_autoencoder.py --out runs/ae_x8c8 --factor 8 --channels 8 --minutes 10
 
@@ -9,11 +13,8 @@ Gaussian jitter on the (tanh-bounded) latents so that the decoder tolerates a Di
 with a cosine schedule over the time budget. The clock is this process's CPU time divided by its
 thread count (``core_seconds``): on a shared machine wall time measures the neighbours' load too.
 
-Checks (val split during training, test split at the end), both on scenes never trained on:
-  * pixel-exact: every pixel's decoded class equals the class of the original anti-aliased pixel (strict:
-    edge pixels near half coverage are ambiguous), with the mean number of wrong pixels per image;
-  * judge-exact: the world detector reads the same objects (shape, colour, centre) and words from the
-    decoded image as from the original.
+Checks (val split during training, test split at the end), both on scenes never trained on: pixel-exact
+and judge-exact, as :func:`thinkgen.train.codec.round_trip_check` defines them.
 
 Writes ``<out>/`` (the codec, loadable with ``thinkgen.models.vae.load_codec``) and ``<out>/curve.jsonl``.
 """
@@ -21,49 +22,18 @@ Writes ``<out>/`` (the codec, loadable with ``thinkgen.models.vae.load_codec``) 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from nano_common import (
-    core_seconds,
-    cosine_lr,
-    image_stream,
-    preset_config,
-    same_detection,
-    to_model_range,
-    to_pil,
-    world_detector,
-    world_palette,
-)
+from nano_common import core_seconds, cosine_lr, preset_config, world_detector
 from thinkgen.models.nano_autoencoder import NanoAutoencoder
-from thinkgen.world.detect import WorldDetector
+from thinkgen.train.codec import WorldImages, palette_loss, round_trip_check, set_statistics, world_palette
 from thinkgen.world.scene import BACKGROUND_RGB
 
 SCENARIOS = ("composition", "text", "edit")
-
-
-@torch.no_grad()
-def check(model: NanoAutoencoder, images: torch.Tensor, detector: WorldDetector) -> dict[str, float]:
-    """Pixel-exact and judge-exact fractions of ``images`` after a round trip."""
-    model.eval()
-    pixel_ok, judge_ok, wrong = [], [], []
-    for chunk in images.split(64):
-        labels = model.palette_labels(chunk)
-        logits = model.decode_logits(model.encode_raw(chunk))
-        mismatch = (logits.argmax(1) != labels).flatten(1).sum(1)
-        pixel_ok += (mismatch == 0).tolist()
-        wrong += mismatch.tolist()
-        decoded = model.decode(model.encode(chunk))
-        for original, rebuilt in zip(to_pil(chunk), to_pil(decoded)):
-            judge_ok.append(same_detection(detector.detect(original), detector.detect(rebuilt)))
-    model.train()
-    return {"pixel_exact": sum(pixel_ok) / len(pixel_ok), "wrong_px_per_image": sum(wrong) / len(wrong),
-            "judge_exact": sum(judge_ok) / len(judge_ok)}
 
 
 def main() -> None:
@@ -98,8 +68,8 @@ def main() -> None:
         blocks_per_stage=args.blocks,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    train_images = image_stream(config, SCENARIOS, "train", args.seed)
-    val = to_model_range(list(itertools.islice(image_stream(config, SCENARIOS, "val", args.seed), args.eval_n)))
+    train_images = WorldImages(config, SCENARIOS, "train", args.seed)
+    val = WorldImages(config, SCENARIOS, "val", args.seed).take(args.eval_n)
     detector = world_detector(config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,12 +87,7 @@ def main() -> None:
         start, wall_start = core_seconds(args.threads), time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(args.lr, trained / budget)
-        images = to_model_range(list(itertools.islice(train_images, args.batch)))
-        labels = model.palette_labels(images)
-        raw = model.encode_raw(images)
-        logits = model.decode_logits(raw + args.latent_noise * torch.randn_like(raw))
-        weights = torch.where(labels > 0, args.ink_weight, 1.0)
-        loss = (F.cross_entropy(logits, labels, reduction="none") * weights).sum() / weights.sum()
+        loss = palette_loss(model, train_images.take(args.batch), args.ink_weight, args.latent_noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -135,19 +100,17 @@ def main() -> None:
             next_eval += args.eval_every_min * 60
             row = {"minutes": round(trained / 60, 2), "wall_min": round(wall / 60, 2), "step": step,
                    "loss": round(loss.item(), 5)}
-            row.update(check(model, val, detector))
+            row.update(round_trip_check(model, val, detector))
             curve.write(json.dumps(row) + "\n")
             curve.flush()
             print(row, flush=True)
 
     model.eval()
-    with torch.no_grad():
-        stats_images = to_model_range(list(itertools.islice(train_images, 1024)))
-        model.set_latent_statistics(torch.cat([model.encode_raw(c) for c in stats_images.split(128)]))
+    set_statistics(model, train_images.take(1024))
     model.save_pretrained(out)
-    test = to_model_range(list(itertools.islice(image_stream(config, SCENARIOS, "test", args.seed), args.test_n)))
+    test = WorldImages(config, SCENARIOS, "test", args.seed).take(args.test_n)
     final = {"split": "test", "n": args.test_n, "minutes": round(trained / 60, 2), "step": step,
-             "params": num_params, **check(model, test, detector)}
+             "params": num_params, **round_trip_check(model, test, detector)}
     curve.write(json.dumps(final) + "\n")
     curve.close()
     print(final)

@@ -1,31 +1,20 @@
-"""Helpers shared by the nano benchmarks: world image batches, the judge, a time-based LR schedule."""
+"""Helpers shared by the nano benchmarks: world presets and image batches, the judge, a time-based LR
+schedule. The codec's palette, data stream and checks live in :mod:`thinkgen.train.codec`."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from thinkgen.world.dataset import to_tensor
-from thinkgen.world.detect import Detection, DetectorConfig, WorldDetector
-from thinkgen.world.scenarios import iter_samples
-from thinkgen.world.scene import COLOURS, TEXT_RGB, Spec, WorldConfig, get_preset
+from thinkgen.world.detect import DetectorConfig, WorldDetector
+from thinkgen.world.scene import Spec, WorldConfig, get_preset
 from thinkgen.world.score import score_spec
-
-# Centres of the same object read from two images of one scene differ by anti-aliasing only.
-CENTRE_TOLERANCE = 0.04
-
-
-def world_palette(config: WorldConfig) -> list[list[int]]:
-    """The colours a scene of ``config`` can contain (its colours plus the text colour), as RGB lists."""
-    rgb = [COLOURS[c] for c in config.colours]
-    if TEXT_RGB not in rgb:
-        rgb.append(TEXT_RGB)
-    return [list(c) for c in rgb]
 
 
 def preset_config(name: str) -> WorldConfig:
@@ -44,26 +33,6 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] → PIL images."""
     array = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
-
-
-def image_stream(config: WorldConfig, scenarios: Sequence[str], split: str, seed: int) -> Iterator[Image.Image]:
-    """Every image (edit inputs and targets) of a world sample stream, forever."""
-    for sample in iter_samples(list(scenarios), config=config, split=split, seed=seed):
-        yield sample.target_image()
-        yield from sample.input_images()
-
-
-def same_detection(a: Detection, b: Detection) -> bool:
-    """Whether two detections name the same objects (shape, colour, centre) and the same words."""
-    if sorted(w.text for w in a.words) != sorted(w.text for w in b.words) or len(a.objects) != len(b.objects):
-        return False
-    key = lambda o: (o.shape, o.colour, o.centre)  # noqa: E731
-    for x, y in zip(sorted(a.objects, key=key), sorted(b.objects, key=key)):
-        if x.shape != y.shape or x.colour != y.colour:
-            return False
-        if max(abs(p - q) for p, q in zip(x.centre, y.centre)) > CENTRE_TOLERANCE:
-            return False
-    return True
 
 
 def world_detector(config: WorldConfig) -> WorldDetector:

@@ -48,7 +48,7 @@ def test_shipped_recipes_load_and_name_every_setting(path):
 
 def test_recipes_cover_every_stage_and_scale():
     names = {f"{p.parent.name}/{p.stem}" for p in RECIPES}
-    assert {"nano/stage1_connector", "nano/stage2_dit", "nano/stage3_finetune", "nano/mllm",
+    assert {"nano/stage1_connector", "nano/stage2_dit", "nano/stage3_finetune", "nano/mllm", "nano/codec",
             "full/stage1", "full/stage2", "full/stage3"} <= names
     assert {f"{scale}/{stage}" for scale in ("nano", "full")
             for stage in ("stage4_mllm_grpo", "stage5_dit_grpo", "sepgrpo")} <= names
@@ -88,7 +88,7 @@ def test_overrides_apply_and_unknown_trainer_fails(tmp_path):
     assert config.data.sources[0].weight == 2.0
     with pytest.raises(RecipeError, match="trainer = 'gan' is not allowed"):
         load_recipe(path, ["trainer=gan"])
-    assert set(TRAINERS) == {"sft", "mllm_sft"}
+    assert set(TRAINERS) == {"sft", "mllm_sft", "codec"}
 
 
 def test_cli_reports_recipe_errors_without_traceback(tmp_path, capsys):

@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 from train_recipes import TINY_DIT, sft_recipe, write_jsonl
 
 from thinkgen.models.dit import ThinkGenTransformer2DModel
+from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.train.config import load_recipe
 from thinkgen.train.logs import read_metrics
 from thinkgen.train.sft import train
@@ -64,6 +65,18 @@ def test_connector_stage_trains_only_connector_and_prepad(tmp_path):
                        "time_caption_embed.caption_embedder.1.weight", "time_caption_embed.caption_embedder.1.bias"}
     reloaded = ThinkGenTransformer2DModel.from_pretrained(tmp_path / "run" / "final" / "transformer")
     assert all(torch.equal(v, result.transformer.state_dict()[k]) for k, v in reloaded.state_dict().items())
+
+
+def test_final_folder_is_a_pipeline_with_the_recipe_sampling_defaults(tmp_path):
+    recipe = sft_recipe(tmp_path, extra='stage = "dit"\n[sample]\nimage_size = 16\nnum_inference_steps = 3\n'
+                                         'guidance_scale = 1.5')
+    result = train(load_recipe(recipe, ["run.max_steps=2", "run.save_every=0"]))
+    pipe = ThinkGenPipeline.from_pretrained(tmp_path / "run" / "final")
+    assert (pipe.config.height, pipe.config.width, pipe.config.num_inference_steps, pipe.config.guidance_scale) == (
+        16, 16, 3, 1.5)
+    assert all(torch.equal(v, result.transformer.state_dict()[k]) for k, v in pipe.transformer.state_dict().items())
+    out = pipe("one red circle", think=False, generator=torch.Generator().manual_seed(0))
+    assert out.images[0].size == (16, 16)
     assert all(r["loss"] > 0 for r in read_metrics(tmp_path / "run"))
 
 

@@ -14,6 +14,9 @@ Interface (the same as :mod:`thinkgen.models.vae`'s codecs): images are float te
 ``(B, 3, H, W)``; ``encode`` → ``(B, latent_channels, H/f, W/f)``; ``decode`` → images; plus
 ``latent_channels``, ``downscale_factor`` and ``save_pretrained``; ``from_pretrained`` and
 :func:`thinkgen.models.vae.load_codec` load a saved folder.
+
+Training (loss, world data, checks) is :mod:`thinkgen.train.codec`: ``thinkgen train --recipe
+recipes/nano/codec.toml``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``thinkgen train``: run a training recipe (DiT stages 1-3, the nano MLLM, or the SepGRPO stages) with overrides."""
+"""``thinkgen train``: run a training recipe (DiT stages 1-3, the nano MLLM and codec, or the SepGRPO stages)
+with overrides."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from thinkgen.train.config import MLLMSFTConfig, SFTStageConfig, load_recipe
+from thinkgen.train.config import CodecConfig, MLLMSFTConfig, SFTStageConfig, load_recipe
 from thinkgen.train.data import build_sources
 
 logger = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``train`` on the top-level subcommands."""
     parser = subparsers.add_parser(
         "train",
-        help="train from a recipe (DiT stages 1-3, nano MLLM, SepGRPO stages 4-5)",
+        help="train from a recipe (DiT stages 1-3, nano MLLM and codec, SepGRPO stages 4-5)",
         description=(
             "Run the training recipe FILE; a run resumes from its newest checkpoint. Multi-process: "
             "torchrun --nproc_per_node N -m thinkgen.cli train --recipe FILE (or accelerate launch). "
@@ -41,6 +42,8 @@ def _run_train(args: argparse.Namespace) -> int:
     config = load_recipe(args.recipe, args.overrides)
     if isinstance(config, (SFTStageConfig, MLLMSFTConfig)):
         return _run_supervised(args, config)
+    if isinstance(config, CodecConfig):
+        return _run_codec(args, config)
     from thinkgen.rl.config import DiTGRPOConfig, MLLMGRPOConfig
 
     if args.validate:
@@ -79,4 +82,15 @@ def _run_supervised(args: argparse.Namespace, config: SFTStageConfig | MLLMSFTCo
     from thinkgen.train.distributed import end_processes
 
     end_processes()
+    return 0
+
+
+def _run_codec(args: argparse.Namespace, config: CodecConfig) -> int:
+    if args.validate:  # nothing to read: the recipe is checked and the world images are made on the fly
+        logger.info("%s is valid: %s; world %s, scenarios %s", args.recipe, type(config).__name__,
+                    config.model.preset, ", ".join(config.data.scenarios))
+        return 0
+    from thinkgen.train.codec import train
+
+    train(config)
     return 0

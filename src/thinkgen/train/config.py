@@ -2,14 +2,15 @@
 
 A recipe is a TOML file whose sections mirror the dataclasses below::
 
-    trainer = "sft"                  # "sft" (DiT stages 1-3) or "mllm_sft" (the nano MLLM); the RL
-                                     # trainers (mllm_grpo, dit_grpo, sepgrpo) are in thinkgen.rl.config
+    trainer = "sft"                  # "sft" (DiT stages 1-3), "mllm_sft" (the nano MLLM) or "codec" (the
+                                     # nano palette autoencoder); the RL trainers (mllm_grpo, dit_grpo,
+                                     # sepgrpo) are in thinkgen.rl.config
     [run]       output dir, seed, steps, logging / saving / sampling cadence
-    [model]     where the MLLM, DiT and codec come from
-    [data]      batch sizes, image size, [[data.sources]] with mixing weights
+    [model]     where the MLLM, DiT and codec come from (codec: the world and the autoencoder's shape)
+    [data]      batch sizes, image size, [[data.sources]] with mixing weights (codec: world images)
     [optim]     AdamW and its LR schedule
     [flow]      flow-matching loss: time distribution, prompt / reference dropout (sft only)
-    [train]     stage, precision, EMA, LoRA, gradient checkpointing, feature cache
+    [train]     stage, precision, EMA, LoRA, gradient checkpointing, feature cache (codec: loss weights)
     [sample]    fixed prompts drawn at intervals (sft only)
     [distributed]  strategy (sft and mllm_sft)
 
@@ -460,8 +461,119 @@ class MLLMSFTConfig:
         )
 
 
-TRAINERS: dict[str, type] = {"sft": SFTStageConfig, "mllm_sft": MLLMSFTConfig}
-TrainerConfig = SFTStageConfig | MLLMSFTConfig
+# ---- the nano codec stage --------------------------------------------------------------------------
+
+
+@dataclass
+class CodecModelConfig:
+    """``[model]`` of the codec stage: the world the codec is for, and the
+    :class:`~thinkgen.models.nano_autoencoder.NanoAutoencoder` arguments.
+
+    Attributes:
+        preset: World preset; its colours are the codec's palette and its canvas the image size.
+        latent_channels: Channels of the latent (the DiT's ``in_channels``).
+        downscale_factor: Pixels per latent cell along each side; a power of two dividing the canvas.
+        base_channels: Width at half resolution; deeper stages are wider.
+        blocks_per_stage: Residual blocks at each resolution.
+    """
+
+    preset: str = "nano"
+    latent_channels: int = 8
+    downscale_factor: int = 4
+    base_channels: int = 48
+    blocks_per_stage: int = 1
+
+    def __post_init__(self) -> None:
+        try:
+            world = get_preset(self.preset)
+        except ValueError as err:
+            raise ValueError(f"preset: {err}") from None
+        _require(self.latent_channels >= 1, f"latent_channels must be >= 1, got {self.latent_channels}")
+        factor = self.downscale_factor
+        _require(
+            factor >= 2 and factor & (factor - 1) == 0 and world.canvas_px % factor == 0,
+            f"downscale_factor must be a power of two >= 2 dividing the {self.preset} canvas "
+            f"({world.canvas_px} px), got {factor}",
+        )
+        _require(self.base_channels >= 2, f"base_channels must be >= 2, got {self.base_channels}")
+        _require(self.blocks_per_stage >= 0, f"blocks_per_stage must be >= 0, got {self.blocks_per_stage}")
+
+
+@dataclass
+class CodecDataConfig:
+    """``[data]`` of the codec stage: world images (targets and edit inputs), made on the fly.
+
+    Attributes:
+        batch_size: Images per optimizer step.
+        scenarios: World scenarios drawn in turn; ``["all"]`` for every scenario.
+        seed: Seed of the world streams (train, val and test splits).
+        val_images: Val-split images of the checks during training.
+        test_images: Test-split images of the check at the end.
+        stats_images: Train-split images the latent normalisation is measured on at the end.
+    """
+
+    batch_size: int = 32
+    scenarios: list[str] = field(default_factory=lambda: ["composition", "text", "edit"])
+    seed: int = 0
+    val_images: int = 128
+    test_images: int = 1000
+    stats_images: int = 1024
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _require(bool(self.scenarios), "scenarios must not be empty")
+        for scenario in self.scenarios:
+            try:
+                resolve_scenarios(scenario)
+            except ValueError as err:
+                raise ValueError(f"scenarios: {err}") from None
+        _require(self.val_images >= 1, f"val_images must be >= 1, got {self.val_images}")
+        _require(self.test_images >= 1, f"test_images must be >= 1, got {self.test_images}")
+        _require(self.stats_images >= 1, f"stats_images must be >= 1, got {self.stats_images}")
+
+
+@dataclass
+class CodecTrainConfig:
+    """``[train]`` of the codec stage.
+
+    Attributes:
+        ink_weight: Cross-entropy weight of ink pixels (background pixels weigh 1): the background covers
+            most of an image but carries no geometry.
+        latent_noise: Std of the Gaussian jitter added to the (tanh-bounded) latents in training, so the
+            decoder tolerates a DiT's small errors.
+        eval_every: Steps between val checks (pixel-exact, judge-exact); 0 checks only at the end.
+    """
+
+    ink_weight: float = 5.0
+    latent_noise: float = 0.1
+    eval_every: int = 500
+
+    def __post_init__(self) -> None:
+        _require(self.ink_weight > 0, f"ink_weight must be > 0, got {self.ink_weight}")
+        _require(self.latent_noise >= 0, f"latent_noise must be >= 0, got {self.latent_noise}")
+        _require(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+
+
+@dataclass
+class CodecConfig:
+    """The whole recipe of the nano codec stage (``trainer = "codec"``); see :mod:`thinkgen.train.codec`."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: CodecModelConfig = field(default_factory=CodecModelConfig)
+    data: CodecDataConfig = field(default_factory=CodecDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.optim.weight_decay == 0,
+            f"optim.weight_decay must be 0 for the codec, got {self.optim.weight_decay}: decay applies to "
+            "linear layers only and the codec has none",
+        )
+
+
+TRAINERS: dict[str, type] = {"sft": SFTStageConfig, "mllm_sft": MLLMSFTConfig, "codec": CodecConfig}
+TrainerConfig = SFTStageConfig | MLLMSFTConfig | CodecConfig
 
 
 def all_trainers() -> dict[str, type]:
@@ -575,7 +687,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Trainer
         overrides: ``section.key=value`` strings (values in TOML syntax; a bare word is a string).
 
     Returns:
-        The config of the recipe's ``trainer``: :class:`SFTStageConfig`, :class:`MLLMSFTConfig`, or one of
+        The config of the recipe's ``trainer``: :class:`SFTStageConfig`, :class:`MLLMSFTConfig`,
+        :class:`CodecConfig`, or one of
         :mod:`thinkgen.rl.config` (``mllm_grpo``, ``dit_grpo``, ``sepgrpo``).
 
     Raises:

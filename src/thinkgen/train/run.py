@@ -1,7 +1,7 @@
 """Pieces every trainer's loop uses in the same way: seeds, data plumbing, resume, optimizer step, progress.
 
-Each is a plain function called from the loops in ``sft.py`` and ``mllm_sft.py``; the loops stay the
-place to read what happens in which order.
+Each is a plain function called from the loops in ``sft.py``, ``mllm_sft.py`` and ``codec.py``; the loops
+stay the place to read what happens in which order.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ from thinkgen.imageio import pil_to_tensor, save_with_sidecar, tensor_to_pil
 from thinkgen.models.dit import ThinkGenTransformer2DModel
 from thinkgen.models.mllm import ThinkGenMLLM
 from thinkgen.models.vae import ImageCodec, PixelCodec, load_codec
+from thinkgen.pipeline import PipelineConfig, ThinkGenPipeline
 from thinkgen.sampling import sample_latents, time_shift_factor
 from thinkgen.train import run as R
 from thinkgen.train.checkpoint import RNGState, ValueState
@@ -347,10 +348,11 @@ def save_sample_grid(
 
 def export_final(
     accelerator: Any, model: torch.nn.Module, dit: ThinkGenTransformer2DModel, ema: EMA | None,
-    codec: ImageCodec, output_dir: Path,
+    mllm: ThinkGenMLLM, codec: ImageCodec, config: SFTStageConfig, output_dir: Path,
 ) -> ThinkGenTransformer2DModel | None:
-    """Write ``final/transformer`` (EMA weights if on, LoRA merged) and ``final/vae``; return the DiT
-    (``None`` on processes but the main one)."""
+    """Write ``final/``: a whole pipeline folder (the DiT with EMA weights if on and LoRA merged, the codec,
+    the frozen MLLM, and the recipe's sampling settings as defaults), so that ``thinkgen generate --model
+    <output_dir>/final`` runs the stage's result. Returns the DiT (``None`` on processes but the main one)."""
     if ema is not None:
         ema.copy_to_model()
     # Full tensors whatever the wrapping (a collective under FSDP: every process takes part).
@@ -364,8 +366,12 @@ def export_final(
         final = ThinkGenTransformer2DModel.from_config(dit.config)
         final.load_state_dict(state, strict=True)
     final = final.to("cpu").eval()
-    final.save_pretrained(output_dir / "final" / "transformer", safe_serialization=True)
-    codec.save_pretrained(output_dir / "final" / "vae")
+    defaults = PipelineConfig(
+        height=config.sample.image_size, width=config.sample.image_size,
+        num_inference_steps=config.sample.num_inference_steps, guidance_scale=config.sample.guidance_scale,
+        negative_prompt=config.flow.negative_prompt, max_image_pixels=config.data.max_image_pixels,
+    )
+    ThinkGenPipeline(mllm, final, codec, defaults).save_pretrained(output_dir / "final")
     logger.info("wrote %s", output_dir / "final")
     return final
 
@@ -513,6 +519,6 @@ def train(config: SFTStageConfig) -> SFTResult:
     # ---- cleanup
     bar.close()
     metrics.close()
-    final = export_final(accelerator, model, dit, ema, codec, output_dir)
+    final = export_final(accelerator, model, dit, ema, mllm, codec, config, output_dir)
     accelerator.wait_for_everyone()
     return SFTResult(step=step, losses=losses, transformer=final, model=model, output_dir=output_dir)
