@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from thinkgen.rl.config import (
@@ -24,15 +22,6 @@ from thinkgen.rl.config import (
     RolloutSampleConfig,
 )
 from thinkgen.train.config import OptimConfig, RunConfig
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run a module's tiny models on one thread: fastest for them, and many times faster than threads that
-    contend with other work on a busy machine. The thread count is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # A word the tiny random MLLM writes now and then at a low sampling temperature: a reward on it has a

@@ -9,13 +9,15 @@ import math
 import pytest
 import torch
 
-from rl_support import dit_config, one_thread  # noqa: F401  (autouse fixture)
+from rl_support import dit_config
 from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.rl.common import PromptSource
 from thinkgen.rl.dit_grpo import flow_grpo_loss, mean_kl, rollout_group, step_log_prob, train, train_timesteps
 from thinkgen.sampling import flow_timesteps
 from thinkgen.train.logs import read_metrics
 from tiny_pipeline import build_tiny_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rescoring_a_rollout_reproduces_its_log_probs(tmp_path):

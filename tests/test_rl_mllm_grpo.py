@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl_support import mllm_config, one_thread  # noqa: F401  (autouse fixture)
+from rl_support import mllm_config
 from thinkgen.rl.common import group_advantages
 from thinkgen.rl.mllm_grpo import aggregate, forced_token_mask, policy_loss, train
 from thinkgen.train.logs import read_metrics
 from tiny_pipeline import build_tiny_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_group_advantages_are_zero_mean_per_group():

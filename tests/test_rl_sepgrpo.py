@@ -7,13 +7,14 @@ import json
 
 import pytest
 
-from rl_support import one_thread  # noqa: F401  (autouse fixture)
 from thinkgen.cli import main
 from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.rl.config import DiTGRPOConfig, MLLMGRPOConfig
 from thinkgen.rl.sepgrpo import stage_configs
 from thinkgen.train.config import RecipeError, load_recipe
 from thinkgen.train.logs import read_metrics
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_STAGE = """
 [{stage}.run]

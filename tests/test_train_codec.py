@@ -23,13 +23,7 @@ from thinkgen.world.scene import Scene, SceneObject, get_preset
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these models are tiny, and threads fighting over shared cores cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _recipe(tmp_path: Path) -> Path:

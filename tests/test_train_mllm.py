@@ -13,13 +13,7 @@ from thinkgen.train.config import SourceConfig
 from thinkgen.train.mllm_sft import IGNORE_INDEX, assistant_target, collate_tokens, encode_sample, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these models are tiny, and threads fighting over shared cores cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_target_follows_the_think_template():
