@@ -191,3 +191,23 @@ def test_lora_adapter_loads_into_the_dit_and_changes_the_output(tmp_path):
     torch.testing.assert_close(after, reference("a red circle", seed=2, output_type="pt").images)
     with pytest.raises(FileNotFoundError, match="safetensors"):
         base.load_lora_weights(tmp_path / "nowhere")
+
+
+def test_sampler_uses_the_models_time_shift_reference(pipe, tmp_path):
+    """The reference travels with the model folder and changes the time grid the DiT is run on."""
+    steps = []
+
+    def record(module, args):
+        steps.append(float(args[1][0]))  # forward(hidden_states, timestep, ...)
+
+    shifted = ThinkGenPipeline(pipe.mllm, pipe.transformer, pipe.codec,
+                               PipelineConfig(**{**pipe.config.__dict__, "time_shift_reference_side": 16.0}))
+    shifted.save_pretrained(tmp_path / "m")
+    reloaded = ThinkGenPipeline.from_pretrained(tmp_path / "m")
+    assert reloaded.config.time_shift_reference_side == 16.0
+    handle = reloaded.transformer.register_forward_pre_hook(record)
+    try:
+        reloaded("a red circle", seed=0, guidance_scale=1.0)
+    finally:
+        handle.remove()
+    assert steps == pytest.approx([0.0, 1 / 3, 2 / 3])  # 16 px latents at reference 16: no shift

@@ -27,6 +27,16 @@ def test_timesteps_match_released_schedule():
     assert torch.all(flow_timesteps(50, 128, 128).diff() > 0)
 
 
+def test_time_shift_reference_side_sets_where_the_grid_is_unshifted():
+    # At its reference size the grid is the plain linspace; below it, the steps crowd towards the data end.
+    torch.testing.assert_close(flow_timesteps(4, 16, 16, shift_reference_side=16.0),
+                               torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
+    released = flow_timesteps(4, 16, 16)  # m = 0.4 with the released reference 40
+    assert released[1] > 0.25 and time_shift_factor(16, 16) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="reference_side"):
+        time_shift_factor(16, 16, 0.0)
+
+
 @pytest.mark.parametrize("use_batched_guidance", [True, False])
 def test_guided_euler_sampling_matches_released_sampler(use_batched_guidance):
     meta, t = load_oracle("sample_t2i_cfg4_6steps")

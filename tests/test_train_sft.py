@@ -63,11 +63,11 @@ def test_connector_stage_trains_only_connector_and_prepad(tmp_path):
 
 def test_final_folder_is_a_pipeline_with_the_recipe_sampling_defaults(tmp_path):
     recipe = sft_recipe(tmp_path, extra='stage = "dit"\n[sample]\nimage_size = 16\nnum_inference_steps = 3\n'
-                                         'guidance_scale = 1.5')
+                                         'guidance_scale = 1.5\n[flow]\ntime_shift_reference_side = 8.0')
     result = train(load_recipe(recipe, ["run.max_steps=2", "run.save_every=0"]))
     pipe = ThinkGenPipeline.from_pretrained(tmp_path / "run" / "final")
-    assert (pipe.config.height, pipe.config.width, pipe.config.num_inference_steps, pipe.config.guidance_scale) == (
-        16, 16, 3, 1.5)
+    assert (pipe.config.height, pipe.config.width, pipe.config.num_inference_steps, pipe.config.guidance_scale,
+            pipe.config.time_shift_reference_side) == (16, 16, 3, 1.5, 8.0)
     assert all(torch.equal(v, result.transformer.state_dict()[k]) for k, v in pipe.transformer.state_dict().items())
     out = pipe("one red circle", think=False, generator=torch.Generator().manual_seed(0))
     assert out.images[0].size == (16, 16)

@@ -37,7 +37,7 @@ from .models.dit import ThinkGenTransformer2DModel
 from .models.mllm import MLLMOutput, ThinkGenMLLM, ThinkingConfig
 from .models.refine import is_match_verdict
 from .models.vae import ImageCodec, load_codec
-from .sampling import sample_latents
+from .sampling import SHIFT_REFERENCE_SIDE, sample_latents
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ class PipelineConfig:
         height, width: output size when the call gives none and no single input image sets it.
         num_inference_steps, guidance_scale, image_guidance_scale, cfg_range: sampler defaults (the released
             code's: 50 steps, text 4.0, image 2.0, whole range).
+        time_shift_reference_side: latent side at which the sampler's resolution-dependent time shift is 1
+            (the released model: 40; a model trained at another scale keeps the reference it trained with).
         negative_prompt: encoded through the no-think template for the unconditional branches.
         max_prompt_chars: longest prompt accepted.
         max_image_pixels: largest output (height·width) and largest input image after resizing.
@@ -79,6 +81,7 @@ class PipelineConfig:
     guidance_scale: float = 4.0
     image_guidance_scale: float = 2.0
     cfg_range: tuple[float, float] = (0.0, 1.0)
+    time_shift_reference_side: float = SHIFT_REFERENCE_SIDE
     negative_prompt: str = RELEASED_NEGATIVE_PROMPT
     max_prompt_chars: int = 4000
     max_image_pixels: int = 2048 * 2048
@@ -88,6 +91,8 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         self.cfg_range = tuple(self.cfg_range)  # JSON gives a list
+        if self.time_shift_reference_side <= 0:
+            raise ValueError(f"time_shift_reference_side must be > 0, got {self.time_shift_reference_side}")
         if "{prompt}" not in self.reflection_template:
             raise ValueError("reflection_template must contain '{prompt}'")
 
@@ -602,6 +607,7 @@ class ThinkGenPipeline:
             image_guidance_scale=image_scale,
             cfg_range=cfg_range,
             callback=callback,
+            shift_reference_side=self.config.time_shift_reference_side,
         )
         denoising_s = time.perf_counter() - start
 

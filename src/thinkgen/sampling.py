@@ -36,20 +36,30 @@ import torch.nn.functional as F
 if TYPE_CHECKING:  # annotations only: the sampling math does not need diffusers
     from thinkgen.models.dit import RefImages, ThinkGenTransformer2DModel
 
-# m = sqrt(latent_h · latent_w) / 40: 1 at 320² pixels (40² latents), 3.2 at 1024² (128² latents).
+# The released model's m = sqrt(latent_h · latent_w) / 40: 1 at 320² pixels (40² latents), 3.2 at 1024²
+# (128² latents). A model trained at another scale sets its own reference (the nano model: its 16² latents).
 SHIFT_REFERENCE_SIDE = 40.0
 
 
 # ---- timesteps ----------------------------------------------------------------------------------
 
 
-def time_shift_factor(latent_height: int, latent_width: int) -> float:
-    """Dynamic shift factor ``m = sqrt(latent_h · latent_w) / 40`` of the latent grid (not the token grid)."""
-    return math.sqrt(latent_height * latent_width) / SHIFT_REFERENCE_SIDE
+def time_shift_factor(
+    latent_height: int, latent_width: int, reference_side: float = SHIFT_REFERENCE_SIDE
+) -> float:
+    """Dynamic shift factor ``m = sqrt(latent_h · latent_w) / reference_side`` of the latent grid (not the
+    token grid); ``m = 1`` (no shift) at the reference size."""
+    if reference_side <= 0:
+        raise ValueError(f"reference_side must be > 0, got {reference_side}")
+    return math.sqrt(latent_height * latent_width) / reference_side
 
 
 def flow_timesteps(
-    num_inference_steps: int, latent_height: int, latent_width: int, device: torch.device | str | None = None
+    num_inference_steps: int,
+    latent_height: int,
+    latent_width: int,
+    device: torch.device | str | None = None,
+    shift_reference_side: float = SHIFT_REFERENCE_SIDE,
 ) -> torch.Tensor:
     """The shifted time grid of a sampling run.
 
@@ -60,13 +70,14 @@ def flow_timesteps(
         num_inference_steps: N, number of DiT evaluations.
         latent_height, latent_width: Latent size (pixels / 8 for the FLUX VAE).
         device: Where to put the grid.
+        shift_reference_side: Latent side at which the shift is 1 (:func:`time_shift_factor`).
 
     Returns:
         ``(N + 1,)`` float32; entries ``0 … N − 1`` are the times the DiT is evaluated at, entry ``N`` is 1.
     """
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-    m = time_shift_factor(latent_height, latent_width)
+    m = time_shift_factor(latent_height, latent_width, shift_reference_side)
     t = torch.linspace(0, 1, num_inference_steps + 1, dtype=torch.float64)[:-1]
     t = t / (m - m * t + t)
     return torch.cat([t, torch.ones(1, dtype=torch.float64)]).to(device=device, dtype=torch.float32)
@@ -324,6 +335,7 @@ def sample_latents(
     cfg_range: tuple[float, float] = (0.0, 1.0),
     use_batched_guidance: bool = True,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    shift_reference_side: float = SHIFT_REFERENCE_SIDE,
 ) -> torch.Tensor:
     """Integrate the flow ODE from noise to data with Euler steps and guidance.
 
@@ -340,6 +352,7 @@ def sample_latents(
         cfg_range: Guidance applies at step ``i`` iff ``cfg_range[0] ≤ i / N ≤ cfg_range[1]``.
         use_batched_guidance: See :func:`guided_velocity`.
         callback: Called as ``callback(i, latents)`` after step ``i`` (progress bars, previews).
+        shift_reference_side: The model's time-shift reference (:func:`flow_timesteps`).
 
     Returns:
         ``(B, C, H, W)`` float32 latents at t = 1.
@@ -348,7 +361,9 @@ def sample_latents(
         prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, ref_latents
     )
     # Python floats on the host: reading a time never waits for the device.
-    timesteps = flow_timesteps(num_inference_steps, latents.shape[-2], latents.shape[-1]).tolist()
+    timesteps = flow_timesteps(
+        num_inference_steps, latents.shape[-2], latents.shape[-1], shift_reference_side=shift_reference_side
+    ).tolist()
     latents = latents.float()
     for i in range(num_inference_steps):
         in_range = cfg_range[0] <= i / num_inference_steps <= cfg_range[1]

@@ -292,7 +292,9 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> Di
     rewards = ScenarioRewards(config.rewards)
     slots = process_slots(config.prompts.prompts_per_step, accelerator)
     side = sample.image_size // pipeline.codec.downscale_factor
-    timesteps = flow_timesteps(sample.num_inference_steps, side, side).tolist()
+    timesteps = flow_timesteps(
+        sample.num_inference_steps, side, side, shift_reference_side=pipeline.config.time_shift_reference_side
+    ).tolist()
 
     # ---- checkpoints (every rollout's randomness is a function of (seed, step, slot))
     train_state = ValueState(step=0)

@@ -289,6 +289,11 @@ class FlowConfig:
         logit_mean: Mean of the normal behind the logit-normal.
         logit_std: Std of the normal behind the logit-normal.
         use_time_shift: Apply the sampler's resolution-dependent shift ``t/(m − m·t + t)`` to the drawn t.
+        time_shift_reference_side: Latent side at which that shift is 1 (``m = sqrt(h·w) / side``): the
+            released model's 40, or the model's own latent side when it is trained from scratch at a small
+            size (a reference far above the latent side makes m < 1, which leaves few training times and
+            sampling steps near noise, where the layout is decided). The sampler of the exported pipeline
+            and of the sample grids uses the same value.
         prompt_dropout: Probability that a sample's text is replaced by ``negative_prompt`` (CFG).
         ref_dropout: Probability that an edit sample's reference images are dropped (image CFG).
         negative_prompt: The text of the unconditional branch, as the sampler uses it.
@@ -298,6 +303,7 @@ class FlowConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     use_time_shift: bool = True
+    time_shift_reference_side: float = 40.0
     prompt_dropout: float = 0.1
     ref_dropout: float = 0.1
     negative_prompt: str = ""
@@ -305,6 +311,8 @@ class FlowConfig:
     def __post_init__(self) -> None:
         _one_of("time_distribution", self.time_distribution, TIME_DISTRIBUTIONS)
         _require(self.logit_std > 0, f"logit_std must be > 0, got {self.logit_std}")
+        _require(self.time_shift_reference_side > 0,
+                 f"time_shift_reference_side must be > 0, got {self.time_shift_reference_side}")
         _require(0 <= self.prompt_dropout < 1, f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
         _require(0 <= self.ref_dropout < 1, f"ref_dropout must be in [0, 1), got {self.ref_dropout}")
 

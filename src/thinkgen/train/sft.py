@@ -244,7 +244,7 @@ def sample_time(generator: torch.Generator, config: SFTStageConfig, latent_size:
         t = torch.rand((), generator=generator)
     t = float(t)
     if flow.use_time_shift:
-        m = time_shift_factor(*latent_size)
+        m = time_shift_factor(*latent_size, flow.time_shift_reference_side)
         t = t / (m - m * t + t)
     return t
 
@@ -329,6 +329,7 @@ def save_sample_grid(
     latents = sample_latents(
         model, noise, states, mask, negative, negative_mask,
         num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
+        shift_reference_side=config.flow.time_shift_reference_side,
     )
     model.train()
     if not is_main:
@@ -370,6 +371,7 @@ def export_final(
         height=config.sample.image_size, width=config.sample.image_size,
         num_inference_steps=config.sample.num_inference_steps, guidance_scale=config.sample.guidance_scale,
         negative_prompt=config.flow.negative_prompt, max_image_pixels=config.data.max_image_pixels,
+        time_shift_reference_side=config.flow.time_shift_reference_side,
     )
     ThinkGenPipeline(mllm, final, codec, defaults).save_pretrained(output_dir / "final")
     logger.info("wrote %s", output_dir / "final")
