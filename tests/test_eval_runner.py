@@ -113,3 +113,9 @@ def test_nano_scorer_accepts_the_world_targets() -> None:
             target = generate(scenario, i, split="test").target_image()
             result = scorer.score(item, [target], {})
             assert result["passed"] and result["score"] == 1.0, (item.key, result)
+
+
+def test_a_thought_never_closed_does_not_stop_a_run():
+    from thinkgen.eval.runner import GenerationConfig, _thinking
+
+    assert _thinking(GenerationConfig(), seed=0).on_missing_think_end == "all"

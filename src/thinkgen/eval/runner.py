@@ -273,7 +273,9 @@ def _thinking(config: GenerationConfig, seed: int):
                             ("max_instruction_tokens", config.max_instruction_tokens))
         if value is not None
     }
-    return ThinkingConfig(seed=seed, **budgets)
+    # A thought the model never closes must not stop a benchmark run: the row is conditioned on all it wrote
+    # (as the released code does) and its image is scored like any other.
+    return ThinkingConfig(seed=seed, on_missing_think_end="all", **budgets)
 
 
 def generate_mode(
