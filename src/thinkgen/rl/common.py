@@ -288,7 +288,35 @@ def reward_columns(items: Sequence[PromptItem], repeat: int, source: PromptSourc
     return columns
 
 
-# ---- evaluation -----------------------------------------------------------------------------------
+# ---- results and evaluation --------------------------------------------------------------------------
+
+
+@dataclass
+class GRPOResult:
+    """What an RL stage's ``train`` returns: last step, per-step mean reward and loss, the groups of the
+    last step, the logged metrics of each step, and the pipeline (trained model inside; main process)."""
+
+    step: int
+    rewards: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    last_groups: list[Any] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    pipeline: ThinkGenPipeline | None = None
+
+    def record(self, step_metrics: dict[str, float], groups: list[Any]) -> None:
+        """Keep one step's metrics (they must hold ``reward`` and ``loss``) and its groups."""
+        self.rewards.append(step_metrics["reward"])
+        self.losses.append(step_metrics["loss"])
+        self.history.append(step_metrics)
+        self.last_groups = groups
+
+
+def greedy_thinking(max_thinking_tokens: int, max_instruction_tokens: int) -> ThinkingConfig:
+    """Greedy thinking within the rollouts' budgets, never stopped by an unclosed thought: the frozen MLLM's
+    conditioning in DiT-GRPO, and every evaluation."""
+    return ThinkingConfig(temperature=0.0, max_thinking_tokens=max_thinking_tokens,
+                          max_instruction_tokens=max_instruction_tokens, on_missing_think_end="all")
+
 
 
 @torch.no_grad()

@@ -44,14 +44,15 @@ from PIL import Image
 
 from thinkgen.imageio import tensor_to_pil
 from thinkgen.models.dit import ThinkGenTransformer2DModel
-from thinkgen.models.mllm import ThinkingConfig
 from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.rl.common import (
+    GRPOResult,
     PromptItem,
     PromptSource,
     ScenarioRewards,
     add_lora,
     evaluate,
+    greedy_thinking,
     group_advantages,
     load_pipeline,
     merged_module,
@@ -107,18 +108,6 @@ class DiTGroup:
     rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
 
-
-@dataclass
-class DiTGRPOResult:
-    """What :func:`train` returns: last step, per-step mean reward and loss, the groups of the last step,
-    the logged metrics of each step, and the pipeline (trained DiT inside; main process)."""
-
-    step: int
-    rewards: list[float] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    last_groups: list[DiTGroup] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
-    pipeline: ThinkGenPipeline | None = None
 
 
 # ---- one SDE step, and the Flow-GRPO loss ------------------------------------------------------------
@@ -200,8 +189,7 @@ def rollout_group(
     grpo, sample = config.grpo, config.sample
     size = grpo.micro_batch_size
     # 1. Conditioning (frozen MLLM), once for the prompt; every micro-batch uses the same branches.
-    thinking = ThinkingConfig(temperature=0.0, max_thinking_tokens=grpo.max_thinking_tokens,
-                              max_instruction_tokens=grpo.max_instruction_tokens, on_missing_think_end="all")
+    thinking = greedy_thinking(grpo.max_thinking_tokens, grpo.max_instruction_tokens)
     encoded = pipeline.mllm.encode_prompt([item.prompt], [item.images], think=grpo.think, thinking=thinking)
     dtype = next(pipeline.transformer.parameters()).dtype
     states, mask = nonempty_states(encoded.instruction_states, encoded.instruction_mask)
@@ -239,7 +227,7 @@ def rollout_group(
 # ---- the loop -----------------------------------------------------------------------------------------
 
 
-def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> DiTGRPOResult:
+def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GRPOResult:
     """Run (or resume) DiT-GRPO. See the module docstring for the commands.
 
     Args:
@@ -247,7 +235,8 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> Di
         pipeline: Start from this pipeline instead of ``config.model`` (its DiT is trained in place).
 
     Returns:
-        :class:`DiTGRPOResult`; the trained pipeline is also written to ``{output_dir}/final``.
+        :class:`~thinkgen.rl.common.GRPOResult` (groups: :class:`DiTGroup`); the trained pipeline is also
+        written to ``{output_dir}/final``.
 
     Example:
         >>> from thinkgen.train.config import load_recipe
@@ -309,7 +298,7 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> Di
     bar = R.progress_bar(step, config.run.max_steps, accelerator.is_main_process)
 
     # ---- the loop
-    result = DiTGRPOResult(step=step)
+    result = GRPOResult(step=step)
     num = grpo.num_generations
     while step < config.run.max_steps:
         # 1. Rollouts: G SDE trajectories per prompt with per-step log-probs.
@@ -383,17 +372,12 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> Di
             "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
             "rollout_s": rollout_s, "reward_s": reward_s, "train_s": train_s,
         }
-        mean_reward = step_metrics["reward"]
-        result.rewards.append(mean_reward)
-        result.losses.append(step_metrics["loss"])
-        result.history.append(step_metrics)
-        result.last_groups = groups
+        result.record(step_metrics, groups)
         bar.update(1)
-        bar.set_postfix(reward=f"{mean_reward:.3f}")
+        bar.set_postfix(reward=f"{step_metrics['reward']:.3f}")
         if config.eval.every and step % config.eval.every == 0:
-            eval_thinking = ThinkingConfig(temperature=0.0, max_thinking_tokens=grpo.max_thinking_tokens,
-                                           max_instruction_tokens=grpo.max_instruction_tokens,
-                                           on_missing_think_end="all") if grpo.think else None
+            eval_thinking = (greedy_thinking(grpo.max_thinking_tokens, grpo.max_instruction_tokens)
+                             if grpo.think else None)
             step_metrics.update(evaluate(pipeline, config.prompts, config.eval, sample, rewards, eval_thinking,
                                          config.run.seed))
         if step % config.run.log_every == 0 or step == config.run.max_steps:

@@ -42,11 +42,13 @@ from thinkgen.models.mllm import MLLMOutput, ThinkingConfig
 from thinkgen.models.refine import first_true_index
 from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.rl.common import (
+    GRPOResult,
     PromptItem,
     PromptSource,
     ScenarioRewards,
     add_lora,
     evaluate,
+    greedy_thinking,
     group_advantages,
     load_pipeline,
     merged_module,
@@ -98,18 +100,6 @@ class MLLMGroup:
     rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
 
-
-@dataclass
-class MLLMGRPOResult:
-    """What :func:`train` returns: last step, per-step mean reward and loss, the groups of the last step,
-    the logged metrics of each step, and the pipeline (trained MLLM inside; main process)."""
-
-    step: int
-    rewards: list[float] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    last_groups: list[MLLMGroup] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
-    pipeline: ThinkGenPipeline | None = None
 
 
 # ---- log-probs and loss -----------------------------------------------------------------------------
@@ -303,7 +293,7 @@ def rollout(
 # ---- the loop -----------------------------------------------------------------------------------------
 
 
-def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> MLLMGRPOResult:
+def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GRPOResult:
     """Run (or resume) MLLM-GRPO. See the module docstring for the commands.
 
     Args:
@@ -311,7 +301,8 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> M
         pipeline: Start from this pipeline instead of ``config.model`` (its MLLM is trained in place).
 
     Returns:
-        :class:`MLLMGRPOResult`; the trained pipeline is also written to ``{output_dir}/final``.
+        :class:`~thinkgen.rl.common.GRPOResult` (groups: :class:`MLLMGroup`); the trained pipeline is also
+        written to ``{output_dir}/final``.
 
     Example:
         >>> from thinkgen.train.config import load_recipe
@@ -364,7 +355,7 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> M
     bar = R.progress_bar(step, config.run.max_steps, accelerator.is_main_process)
 
     # ---- the loop
-    result = MLLMGRPOResult(step=step)
+    result = GRPOResult(step=step)
     while step < config.run.max_steps:
         # 1. Rollouts: G generations per prompt, rendered by the frozen DiT from one noise per group.
         start = time.perf_counter()
@@ -436,17 +427,11 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> M
             "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
             "rollout_s": rollout_s, "reward_s": reward_s, "train_s": train_s,
         }
-        mean_reward = step_metrics["reward"]
-        result.rewards.append(mean_reward)
-        result.losses.append(mean_loss)
-        result.history.append(step_metrics)
-        result.last_groups = groups
+        result.record(step_metrics, groups)
         bar.update(1)
-        bar.set_postfix(reward=f"{mean_reward:.3f}")
+        bar.set_postfix(reward=f"{step_metrics['reward']:.3f}")
         if config.eval.every and step % config.eval.every == 0:
-            eval_thinking = ThinkingConfig(temperature=0.0, max_thinking_tokens=grpo.max_thinking_tokens,
-                                           max_instruction_tokens=grpo.max_instruction_tokens,
-                                           on_missing_think_end="all")
+            eval_thinking = greedy_thinking(grpo.max_thinking_tokens, grpo.max_instruction_tokens)
             step_metrics.update(evaluate(pipeline, config.prompts, config.eval, config.sample, rewards,
                                          eval_thinking, config.run.seed))
         if step % config.run.log_every == 0 or step == config.run.max_steps:
