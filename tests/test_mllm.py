@@ -358,3 +358,34 @@ def test_save_load_roundtrip(saved_dir, mllm, red_image):
     a = loaded.encode_prompt("a red circle", [red_image], think=False)
     b = mllm.encode_prompt("a red circle", [red_image], think=False)
     torch.testing.assert_close(a.instruction_states, b.instruction_states, atol=0.0, rtol=0.0)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prefill_samples_equal_repeated_prompts(mllm, red_image, temperature):
+    # Prompts of different lengths (left padding), one with an image (M-RoPE offsets), G = 3 each.
+    thinking = ThinkingConfig(seed=5, temperature=temperature, top_k=0, top_p=1.0, max_thinking_tokens=12,
+                              max_instruction_tokens=6, on_missing_think_end="empty")
+    prompts = ["draw a red circle", "two blue stars above a big square on the left"]
+    for images in ([[red_image], []], [[], []]):
+        shared = mllm.encode_prompt(prompts, images, think=True, thinking=thinking, num_samples_per_prompt=3)
+        repeated = mllm.encode_prompt([p for p in prompts for _ in range(3)], [r for r in images for _ in range(3)],
+                                      think=True, thinking=thinking)
+        assert len(shared.generated_ids) == 6
+        for a, b in zip(shared.generated_ids, repeated.generated_ids):
+            assert torch.equal(a, b)
+        assert shared.instruction == repeated.instruction
+        assert torch.equal(shared.instruction_mask, repeated.instruction_mask)
+        torch.testing.assert_close(shared.instruction_states, repeated.instruction_states, atol=ATOL, rtol=1e-4)
+        # The capture sees the same calls: the last prompt token (for the repeated rows, the whole prefill),
+        # then one per decoding step.
+        assert shared.num_forward_calls == repeated.num_forward_calls
+    if temperature > 0:
+        rows = shared.generated_ids[:3]
+        assert any(not torch.equal(rows[0], other) for other in rows[1:])
+
+
+def test_shared_prefill_needs_think_mode_and_a_positive_count(mllm):
+    with pytest.raises(ValueError, match="think=True"):
+        mllm.encode_prompt("a red circle", think=False, num_samples_per_prompt=2)
+    with pytest.raises(ValueError, match="≥ 1"):
+        mllm.encode_prompt("a red circle", think=True, num_samples_per_prompt=0)

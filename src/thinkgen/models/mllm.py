@@ -31,6 +31,7 @@ from transformers import (
     Qwen3VLProcessor,
 )
 
+from transformers.cache_utils import Cache
 from transformers.generation.streamers import BaseStreamer
 
 from thinkgen.models.capture import ConditioningCapture
@@ -42,6 +43,8 @@ SYSTEM_PROMPT = (
     "\n\nYour primary goal is to assist the user effectively. When generating/edit an image, provide a clear, "
     "one-sentence caption or edit instruction that accurately describes the requested image.\n"
 )
+# Processor outputs with one entry per token; the shared prefill crops and repeats them along with the ids.
+_TOKEN_ALIGNED_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
 # The image bound of the released inference code for the MLLM's view of input images (512 x 512).
 RELEASED_MAX_IMAGE_PIXELS = 512 * 512
 
@@ -405,8 +408,11 @@ class ThinkGenMLLM:
         thinking: ThinkingConfig,
         logits_processor: LogitsProcessorList | None,
         streamer: BaseStreamer | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
-        """Run ``generate`` with the thinking budget; returns the full sequences `(B, T_prompt + n)`."""
+        """Run ``generate`` with the thinking budget; returns the full sequences `(B, T_prompt + n)`.
+
+        A ``cache`` holding all prompt tokens but the last (:meth:`_shared_prefill`) is continued from."""
         prompt_length = inputs["input_ids"].shape[1]
         budget = ThinkingBudgetProcessor(
             prompt_length,
@@ -430,9 +436,37 @@ class ThinkGenMLLM:
         with _fork_rng(self.device):
             if thinking.seed is not None:
                 torch.manual_seed(thinking.seed)
+            extra = {} if cache is None else {"cache": cache}
             return self.model.generate(
-                **inputs, generation_config=generation_config, logits_processor=processors, streamer=streamer
+                **inputs, generation_config=generation_config, logits_processor=processors, streamer=streamer, **extra
             )
+
+    def _shared_prefill(self, inputs: dict[str, torch.Tensor], num_samples: int) -> tuple[dict[str, torch.Tensor], Cache]:
+        """One prefill per prompt for ``num_samples`` continuations of it (GRPO's group rollouts).
+
+        The prompts without their last token go through ``generate`` for one token, which leaves the KV cache
+        and M-RoPE offsets exactly as a full ``generate`` would have them; both are repeated per sample. The
+        returned row-repeated token inputs and cache then continue in :meth:`_generate`, which feeds only
+        the last prompt token, so each of the ``P·G`` rows samples as if it had run its own prefill.
+
+        Returns:
+            The token inputs of shape `(P·G, T)` (rows of one prompt adjacent) and the cache of `T − 1` tokens.
+        """
+        if "mm_token_type_ids" in inputs and bool(inputs["mm_token_type_ids"][:, -1].any()):
+            raise ValueError("a prompt's last token is an image token; the think prompt must end in text")
+        prefix = {key: value[:, :-1] if key in _TOKEN_ALIGNED_INPUTS else value for key, value in inputs.items()}
+        one_token = GenerationConfig(
+            max_new_tokens=1, do_sample=False, pad_token_id=self.pad_token_id, return_dict_in_generate=True
+        )
+        prefilled = self.model.generate(**prefix, generation_config=one_token)
+        cache = prefilled.cache
+        cache.batch_repeat_interleave(num_samples)
+        # generate continues from a cache with the M-RoPE offsets its prefill stored, one row per row.
+        self.model.model.rope_deltas = self.model.model.rope_deltas.repeat_interleave(num_samples, dim=0)
+        repeated = {
+            key: inputs[key].repeat_interleave(num_samples, dim=0) for key in _TOKEN_ALIGNED_INPUTS if key in inputs
+        }
+        return repeated, cache
 
     @torch.no_grad()
     def encode_prompt(
@@ -443,6 +477,7 @@ class ThinkGenMLLM:
         thinking: ThinkingConfig | None = None,
         logits_processor: LogitsProcessorList | None = None,
         streamer: BaseStreamer | None = None,
+        num_samples_per_prompt: int = 1,
     ) -> MLLMOutput:
         """Turn prompts (+ input images) into the DiT's instruction states.
 
@@ -454,17 +489,26 @@ class ThinkGenMLLM:
             thinking (`ThinkingConfig`, *optional*): generation controls (think mode only).
             logits_processor (`LogitsProcessorList`, *optional*): extra processors, run before the budget.
             streamer (`BaseStreamer`, *optional*): receives tokens as they are generated (think mode, batch 1).
+            num_samples_per_prompt (`int`, defaults to 1): think mode: sampled continuations of each prompt,
+                which share one prefill (GRPO's group rollouts). The output has ``B·G`` rows, the rows of one
+                prompt adjacent, each as if that prompt had been given ``G`` times.
 
         Returns:
             :class:`MLLMOutput`.
         """
+        if num_samples_per_prompt < 1:
+            raise ValueError(f"num_samples_per_prompt must be ≥ 1, got {num_samples_per_prompt}")
+        if num_samples_per_prompt > 1 and not think:
+            raise ValueError("num_samples_per_prompt > 1 needs think=True: the no-think encoding has nothing to sample")
         prompts, images_per_row = self._normalize(prompt, images)
         texts = [
             build_prompt(p, len(row), think=think, system_prompt=self.system_prompt)
             for p, row in zip(prompts, images_per_row)
         ]
         if think:
-            return self._encode_think(texts, images_per_row, thinking or ThinkingConfig(), logits_processor, streamer)
+            return self._encode_think(
+                texts, images_per_row, thinking or ThinkingConfig(), logits_processor, streamer, num_samples_per_prompt
+            )
         return self._encode_no_think(prompts, texts, images_per_row)
 
     def _encode_no_think(
@@ -504,15 +548,19 @@ class ThinkGenMLLM:
         thinking: ThinkingConfig,
         logits_processor: LogitsProcessorList | None,
         streamer: BaseStreamer | None = None,
+        num_samples: int = 1,
     ) -> MLLMOutput:
         inputs = self._processor_inputs(texts, images, padding_side="left")
         prompt_length = inputs["input_ids"].shape[1]
+        cache = None
+        if num_samples > 1:
+            inputs, cache = self._shared_prefill(inputs, num_samples)
         with ConditioningCapture(self.model, keep_prefill=False) as capture:
-            sequences = self._generate(inputs, thinking, logits_processor, streamer)
-        generated_ids = sequences[:, prompt_length:]  # (B, n)
+            sequences = self._generate(inputs, thinking, logits_processor, streamer, cache)
+        generated_ids = sequences[:, prompt_length:]  # (B·G, n)
         # Token i of the generation is fed (and gets its states) at decoding step i + 1; the last one never is.
         num_fed = max(generated_ids.shape[1] - 1, 0)
-        states = capture.states(len(texts))[:, :num_fed]
+        states = capture.states(len(texts) * num_samples)[:, :num_fed]
         refined = vgi_refine(
             states,
             generated_ids[:, :num_fed],

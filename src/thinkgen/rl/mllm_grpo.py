@@ -22,7 +22,8 @@ How it departs from the paper (whose RL hyper-parameters are unpublished) and fr
   truncation (1.0 / 0 by default, so none); old log-probs come from a teacher-forced forward right after
   the rollout, with the same micro-batches as the update, so the first update's ratio is exactly 1.
 * The loss is DAPO's token-level mean by default (``grpo.loss_aggregation``), the KL the k3 estimator.
-* Each of the G rollouts of a prompt runs its own prefill (no shared-prefix KV cache yet).
+* The G rollouts of a prompt share one prefill: its KV cache is computed once and repeated per rollout
+  (``encode_prompt(num_samples_per_prompt=G)``), which samples exactly what G separate prompts would.
 """
 
 from __future__ import annotations
@@ -241,8 +242,11 @@ def rollout(
         # reward (the format reward in particular) tells.
         on_missing_think_end="all",
     )
-    # 1. Think: G samples of the policy per prompt.
-    output = pipeline.mllm.encode_prompt(prompts, image_rows, think=True, thinking=thinking)
+    # 1. Think: G samples of the policy per prompt, continuing one shared prefill of the prompt.
+    output = pipeline.mllm.encode_prompt(
+        [item.prompt for item in items], [item.images for item in items], think=True, thinking=thinking,
+        num_samples_per_prompt=num,
+    )
     states, mask = nonempty_states(output.instruction_states, output.instruction_mask)
 
     # 2. Draw: one initial noise per group (ThinkGen Sec. 3.3) and the same sampler settings for all.
