@@ -1,4 +1,5 @@
-"""Seconds per RL step of MLLM-GRPO and DiT-GRPO, split into rollout / reward / update, at G = 4 and 8.
+"""Seconds per RL step of MLLM-GRPO and DiT-GRPO, split into rollout / reward / update, at G = 4 and 8,
+and the rollout throughput: reasoning tokens/s (thinking, shared prefill), images/s, reward items/s.
 
 A tiny random pipeline on the CPU (the MLLM of ``models/tiny.py``, a one-block DiT over pixels), so the
 numbers measure the loops' own costs and how they scale with the group size, not a trained model. The
@@ -73,9 +74,15 @@ for group in args.groups:
         )
         result = mllm_grpo.train(config, pipeline=load_pipeline(config.model, seed=0))
         split = median_split(result.history)
-        tokens = statistics.median(h["completion_tokens"] for h in result.history)
+        timed = result.history[1:] or result.history
+        tokens = statistics.median(h["completion_tokens"] for h in timed)
+        rows = args.prompts * group
+        think_s = statistics.median(h["think_s"] for h in timed)
+        draw_s = statistics.median(h["draw_s"] for h in timed)
         print(f"{'mllm_grpo':<10} {group:>3} {split['step_s']:>7.2f} {split['rollout_s']:>9.2f} "
-              f"{split['reward_s']:>8.2f} {split['train_s']:>8.2f}   {tokens:.0f} tokens/rollout, 8 ODE steps")
+              f"{split['reward_s']:>8.2f} {split['train_s']:>8.2f}   {tokens:.0f} tokens/rollout, 8 ODE steps; "
+              f"think {tokens * rows / think_s:.0f} tokens/s, draw {rows / draw_s:.1f} images/s, "
+              f"reward {rows / split['reward_s']:.0f} items/s")
 
         config = DiTGRPOConfig(
             run=run_config(str(Path(tmp) / "dit")), model=RLModelConfig(), prompts=prompts, rewards=rewards,
@@ -84,4 +91,6 @@ for group in args.groups:
         result = dit_grpo.train(config, pipeline=load_pipeline(config.model, seed=0))
         split = median_split(result.history)
         print(f"{'dit_grpo':<10} {group:>3} {split['step_s']:>7.2f} {split['rollout_s']:>9.2f} "
-              f"{split['reward_s']:>8.2f} {split['train_s']:>8.2f}   8 SDE steps, 4 trained, CFG 2")
+              f"{split['reward_s']:>8.2f} {split['train_s']:>8.2f}   8 SDE steps, 4 trained, CFG 2; "
+              f"rollout {args.prompts * group / split['rollout_s']:.1f} images/s, "
+              f"reward {args.prompts * group / split['reward_s']:.0f} items/s")

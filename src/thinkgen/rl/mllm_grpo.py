@@ -215,6 +215,7 @@ def rollout(
     seed: int,
     noise_seeds: list[int],
     reference: Any,
+    times: dict[str, float] | None = None,
 ) -> list[MLLMGroup]:
     """G thinking rollouts of each prompt, every group drawn by the frozen DiT from its own shared noise,
     with their old (and reference) log-probs.
@@ -230,7 +231,11 @@ def rollout(
         noise_seeds: Per prompt, the seed of its group's initial noise.
         reference: ``None`` (no KL), a frozen copy of the MLLM, or a context-manager factory under which
             ``model`` is the reference policy (LoRA disabled).
+        times: Filled with the seconds of each phase: ``think_s``, ``draw_s`` and ``score_s`` (old and
+            reference log-probs).
     """
+    times = {} if times is None else times
+    start = time.perf_counter()
     grpo, sample = config.grpo, config.sample
     num = grpo.num_generations
     prompts = [item.prompt for item in items for _ in range(num)]
@@ -248,6 +253,8 @@ def rollout(
         num_samples_per_prompt=num,
     )
     states, mask = nonempty_states(output.instruction_states, output.instruction_mask)
+    times["think_s"] = time.perf_counter() - start
+    start = time.perf_counter()
 
     # 2. Draw: one initial noise per group (ThinkGen Sec. 3.3) and the same sampler settings for all.
     side = sample.image_size // pipeline.codec.downscale_factor
@@ -260,6 +267,8 @@ def rollout(
         num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
         image_guidance_scale=sample.image_guidance_scale, negative_prompt=sample.negative_prompt,
     ).images
+    times["draw_s"] = time.perf_counter() - start
+    start = time.perf_counter()
 
     # 3. Old (and reference) log-probs, micro-batch by micro-batch as the update will see them.
     groups = []
@@ -291,6 +300,7 @@ def rollout(
                 with reference():
                     group.ref_log_probs.append(completion_log_probs(model, inputs, completion_mask, grpo.temperature))
         groups.append(group)
+    times["score_s"] = time.perf_counter() - start
     return groups
 
 
@@ -364,10 +374,11 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> G
         # 1. Rollouts: G generations per prompt, rendered by the frozen DiT from one noise per group.
         start = time.perf_counter()
         items = [source.get(step * config.prompts.prompts_per_step + slot) for slot in slots]
+        rollout_times: dict[str, float] = {}
         groups = rollout(
             pipeline, model, items, config, seed=R.item_seed(config.run.seed, step, accelerator.process_index),
             noise_seeds=[R.item_seed(config.run.seed, step, NOISE_SLOT_OFFSET + slot) for slot in slots],
-            reference=reference,
+            reference=reference, times=rollout_times,
         )
         rollout_s = time.perf_counter() - start
 
@@ -429,7 +440,7 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> G
             "reward_std": reward_std / (rows / num), "completion_tokens": num_tokens / rows,
             "thought_closed": closed / rows,
             "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-            "rollout_s": rollout_s, "reward_s": reward_s, "train_s": train_s,
+            "rollout_s": rollout_s, "reward_s": reward_s, "train_s": train_s, **rollout_times,
         }
         result.record(step_metrics, groups)
         bar.update(1)
