@@ -100,6 +100,27 @@ def test_prepadding_is_prepended_text():
     assert velocity(without, latents, t, text, mask, refs).shape == latents.shape
 
 
+def test_last_layer_ablation_reads_only_the_last_layer_half():
+    """caption_layers="last": the hidden_states[-2] half is ignored, the hidden_states[-1] half is not."""
+    model = oracle_model(caption_layers="last")
+    half = model.config.text_feat_dim
+    latents, t, text, mask, refs = _random_inputs()
+    base = velocity(model, latents, t, text, mask, refs)
+    other_second_to_last = text.clone()
+    other_second_to_last[..., :half] = torch.randn_like(text[..., :half])
+    torch.testing.assert_close(velocity(model, latents, t, other_second_to_last, mask, refs), base)
+    other_last = text.clone()
+    other_last[..., half:] = torch.randn_like(text[..., half:])
+    assert (velocity(model, latents, t, other_last, mask, refs) - base).abs().max() > 1e-2
+    # The same weights reading both layers (released) do depend on hidden_states[-2].
+    both = oracle_model()
+    both.load_state_dict(model.state_dict())
+    assert (velocity(both, latents, t, other_second_to_last, mask, refs) - velocity(both, latents, t, text, mask, refs)
+            ).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="caption_layers"):
+        oracle_model(caption_layers="first")
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     latents, t, text, mask, refs = _random_inputs()
     grads = []

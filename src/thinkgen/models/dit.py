@@ -38,6 +38,8 @@ from thinkgen.models.dit_blocks import (
 from thinkgen.models.rope import RotaryEmbedding3D, image_position_ids, text_position_ids
 
 RefImages = Sequence[Sequence[torch.Tensor] | None] | None
+# What the connector reads of cat([hidden_states[-2], hidden_states[-1]]): both (released) or the last alone.
+CAPTION_LAYERS = ("last_two", "last")
 
 
 @dataclass
@@ -93,6 +95,9 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin):
         timestep_scale: Multiplies t ∈ [0, 1] before the sinusoidal embedding.
         num_prepad_states: K learnable states prepended to the text (23 released; 0 disables them).
         max_ref_images: Reference images per sample (rows of ``image_index_embedding``).
+        caption_layers: Which MLLM layers the connector reads: ``"last_two"`` (released) or ``"last"``, the
+            paper's ablation, where the ``hidden_states[-2]`` half of every instruction state is zeroed so the
+            connector sees ``hidden_states[-1]`` alone at the same shapes and compute.
     """
 
     _supports_gradient_checkpointing = True
@@ -116,8 +121,11 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin):
         timestep_scale: float = 1000.0,
         num_prepad_states: int = 23,
         max_ref_images: int = 5,
+        caption_layers: str = "last_two",
     ) -> None:
         super().__init__()
+        if caption_layers not in CAPTION_LAYERS:
+            raise ValueError(f"caption_layers must be one of {CAPTION_LAYERS}, got {caption_layers!r}")
         head_dim = hidden_size // num_attention_heads
         if sum(axes_dim_rope) != head_dim:
             raise ValueError(f"axes_dim_rope {list(axes_dim_rope)} must sum to the head dim {head_dim}")
@@ -271,7 +279,11 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin):
         timestep = torch.as_tensor(timestep, device=device, dtype=torch.float32).reshape(-1).expand(batch)
 
         # 1. Prepadding + connector, timestep embedding.
-        text_states, text_mask = self._prepend_prepad(text_hidden_states.to(dtype), text_attention_mask)
+        text_hidden_states = text_hidden_states.to(dtype)
+        if self.config.caption_layers == "last":
+            second_to_last_half = torch.arange(text_hidden_states.shape[-1], device=device) < self.config.text_feat_dim
+            text_hidden_states = text_hidden_states.masked_fill(second_to_last_half, 0.0)
+        text_states, text_mask = self._prepend_prepad(text_hidden_states, text_attention_mask)
         temb, text_states = self.time_caption_embed(timestep, text_states)  # (B, cond), (B, Lt, hidden)
         text_mask = text_mask.bool()  # (B, Lt)
         text_lens = text_mask.sum(dim=1).tolist()
