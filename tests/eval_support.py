@@ -90,6 +90,43 @@ def tiny_pipeline():
     return build_tiny_pipeline(num_inference_steps=2)
 
 
+def save_tiny_clip(folder: Path) -> Path:
+    """A tiny random CLIP (``CLIPModel`` + ``CLIPProcessor``) saved to ``folder``, built offline.
+
+    The tokenizer is CLIP's BPE over a vocabulary of single bytes (with and without CLIP's ``</w>`` word
+    end) and no merges, so any text tokenizes; images are resized and centre-cropped to 32×32.
+    """
+    import torch
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    files = folder / "tokenizer_files"
+    files.mkdir(parents=True)
+    (files / "vocab.json").write_text(json.dumps(vocab))
+    (files / "merges.txt").write_text("#version: 0.2\n")
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=CLIPTokenizer.from_pretrained(files),
+    )
+    end = vocab["<|endoftext|>"]
+    config = CLIPConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 77,
+                     "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": end, "pad_token_id": end},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    model_dir = folder / "clip"
+    CLIPModel(config).save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    return model_dir
+
+
 def eval_args(bench: str, out: Path, **overrides: Any) -> argparse.Namespace:
     """Parsed ``thinkgen eval BENCH`` arguments with small settings for the tiny pipeline."""
     from thinkgen.cli import _build_parser

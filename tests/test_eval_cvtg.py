@@ -6,10 +6,10 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from eval_support import FIXTURES
+from eval_support import FIXTURES, save_tiny_clip
 from PIL import Image, ImageDraw, ImageFont
 
-from thinkgen.eval.cvtg import CVTG_LAYOUT, CVTGScorer, FullImageOCR, load_cvtg, normalise_words
+from thinkgen.eval.cvtg import CVTG_LAYOUT, ClipSimilarity, CVTGScorer, FullImageOCR, load_cvtg, normalise_words
 
 IMAGE = Image.new("RGB", (16, 16), "white")
 
@@ -52,6 +52,21 @@ def test_word_accuracy_ned_and_clipscore() -> None:
                                 {**second, "category": "2", "error": None}], items)
     assert summary["overall"] == 0.25 and summary["categories"] == {"2": 0.25}
     assert summary["metrics"]["clip_score"] == pytest.approx(0.15)
+
+
+def test_clip_similarity_loads_a_local_clip(tmp_path) -> None:
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    folder = save_tiny_clip(tmp_path)
+    image = Image.new("RGB", (24, 20), (200, 30, 30))
+    model, processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        out = model(**processor(text=["a red sign"], images=[image], return_tensors="pt", padding=True))
+    expected = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds).item()
+    assert ClipSimilarity(folder).similarity(image, "a red sign") == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(FileNotFoundError, match="CLIP model folder not found"):
+        ClipSimilarity(tmp_path / "missing")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("rapidocr_onnxruntime") is None, reason="needs thinkgen[ocr]")

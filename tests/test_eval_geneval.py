@@ -6,10 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from eval_support import FIXTURES, REAL_BENCHMARKS
+from eval_support import FIXTURES, REAL_BENCHMARKS, eval_args, save_tiny_clip, tiny_pipeline
 from PIL import Image, ImageDraw
 
+from thinkgen.cli import main
+from thinkgen.eval.cli import run_benchmark
 from thinkgen.eval.geneval import (
+    ClipColourClassifier,
     GenEvalLayout,
     GenEvalScorer,
     ObjectDetection,
@@ -17,6 +20,7 @@ from thinkgen.eval.geneval import (
     TransformersObjectDetector,
     WorldObjectDetector,
     evaluate_detections,
+    geneval_crop,
     load_geneval,
     select_detections,
 )
@@ -155,6 +159,103 @@ def test_palette_colour_classifier_ignores_the_background() -> None:
     mask = np.zeros((40, 40), bool)
     mask[:3] = True  # a mask over white pixels only
     assert classifier.classify(image, ObjectDetection("ball", (0, 0, 40, 40), 1.0, mask=mask)) == "white"
+
+
+# GenEval's colours and colour-query templates, written out here to check the module's constants.
+COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white"]
+
+
+def genevals_colour_texts(colour: str, name: str) -> list[str]:
+    return [f"a photo of a {colour} {name}", f"a photo of a {colour}-colored {name}", f"a photo of a {colour} object"]
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+def test_geneval_crop_greys_outside_the_mask_then_cuts_the_box() -> None:
+    image = Image.new("RGB", (40, 40), (0, 200, 0))
+    ImageDraw.Draw(image).rectangle((10, 10, 29, 29), fill=(200, 0, 0))
+    # No mask: the box of the untouched image; the box is rounded (PIL's crop, half to even).
+    plain = geneval_crop(image, det("ball", (5.4, 5.6, 35.2, 34.5)))
+    assert plain.size == (30, 28) and plain.getpixel((0, 0)) == (0, 200, 0) and plain.getpixel((15, 15)) == (200, 0, 0)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    masked = geneval_crop(image, ObjectDetection("ball", (5, 5, 35, 35), 1.0, mask=mask))
+    assert masked.getpixel((0, 0)) == (153, 153, 153) and masked.getpixel((15, 15)) == (200, 0, 0)
+    assert geneval_crop(image, det("ball", (30, 30, 50, 50))).getpixel((15, 15)) == (0, 0, 0)  # outside the image
+    with pytest.raises(ValueError, match="mask has shape"):
+        geneval_crop(image, ObjectDetection("ball", (5, 5, 35, 35), 1.0, mask=mask[:, :20]))
+
+
+def test_clip_colour_classifier_is_genevals_zero_shot(clip_dir) -> None:
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    mask = np.zeros((48, 64), bool)
+    mask[10:30, 20:50] = True
+    detections = [ObjectDetection("cat", (4.0, 6.0, 40.0, 44.0), 0.9),
+                  ObjectDetection("cat", (16.0, 8.0, 56.0, 34.0), 0.9, mask=mask),
+                  ObjectDetection("fire hydrant", (16.0, 8.0, 56.0, 34.0), 0.9)]
+    classifier = ClipColourClassifier(clip_dir)
+
+    # Independently: the crop by hand, CLIP's forward pass (which returns normalised embeddings).
+    model, processor = CLIPModel.from_pretrained(clip_dir).eval(), CLIPProcessor.from_pretrained(clip_dir)
+    expected = []
+    for d in detections:
+        pixels = np.asarray(image).copy()
+        if d.mask is not None:
+            pixels[~d.mask] = 153
+        x0, y0, x1, y1 = (int(v) for v in d.box)
+        crop = Image.fromarray(pixels[y0:y1, x0:x1])
+        texts = [t for c in COLOURS for t in genevals_colour_texts(c, d.class_name)]
+        with torch.no_grad():
+            out = model(**processor(text=texts, images=[crop], return_tensors="pt", padding=True))
+        per_colour = torch.nn.functional.normalize(out.text_embeds, dim=-1).reshape(10, 3, -1).mean(dim=1)
+        image_embed = torch.nn.functional.normalize(out.image_embeds[0], dim=0)
+        sims = torch.nn.functional.normalize(per_colour, dim=-1) @ image_embed
+        expected.append(sims.numpy())
+
+    for d, sims in zip(detections, expected):
+        np.testing.assert_allclose(classifier.similarities(image, d), sims, atol=1e-5)
+        assert classifier.classify(image, d) == COLOURS[int(np.argmax(sims))]
+    assert not np.allclose(expected[1], expected[2])  # the mask and the class name both reach CLIP
+
+    # In the scorer: the top object must have the colour CLIP names.
+    box = {"xmin": 4, "ymin": 6, "xmax": 40, "ymax": 44}
+    scorer = GenEvalScorer(TransformersObjectDetector(predict=lambda im, names: [{"label": "cat", "score": 0.9,
+                                                                                  "box": box}]), classifier)
+    named = COLOURS[int(np.argmax(expected[0]))]
+    other = next(c for c in COLOURS if c != named)
+    meta = {"tag": "colors", "include": [{"class": "cat", "count": 1, "color": named}], "prompt": "a cat"}
+    assert scorer.score_image(image, meta) == (True, [])
+    wrong = {**meta, "include": [{"class": "cat", "count": 1, "color": other}]}
+    assert scorer.score_image(image, wrong) == (False, [f"expected {other} cat >= 1, found 1 {named}"])
+    assert scorer.scorer_id == f"geneval/transformers:custom/clip:{clip_dir}"
+
+
+def test_clip_colour_classifier_needs_its_folder(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="CLIP model folder not found: .*no_such_clip"):
+        ClipColourClassifier(tmp_path / "no_such_clip")
+
+
+def test_colour_model_option_reaches_the_scorer(tmp_path, clip_dir, capsys) -> None:
+    data = ["--data", str(FIXTURES / "geneval" / "evaluation_metadata.jsonl"), "--detector", "world", "--no-think",
+            "--limit", "1", "-n", "1"]
+    with_clip = run_benchmark(eval_args("geneval", tmp_path / "clip", extra=data + ["--colour-model", str(clip_dir)]),
+                              load_pipeline=tiny_pipeline)
+    assert with_clip["settings"]["scorer_id"] == f"geneval/world/clip:{clip_dir}"
+    palette = run_benchmark(eval_args("geneval", tmp_path / "palette", extra=data), load_pipeline=tiny_pipeline)
+    assert palette["settings"]["scorer_id"] == "geneval/world/palette"
+    # A missing folder stops the run before anything is generated.
+    missing = tmp_path / "no_such_clip"
+    capsys.readouterr()
+    assert main(["eval", "geneval", *data, "--colour-model", str(missing), "--out", str(tmp_path / "g")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: CLIP model folder not found: {missing}"
+    assert not (tmp_path / "g").exists()
 
 
 def test_world_detector_scores_world_renders() -> None:

@@ -8,7 +8,7 @@ resumes: finished prompts and cached scores are kept, the rest is done.
 Examples:
     thinkgen eval nano --model nano --out runs/eval/nano --limit 32
     thinkgen eval geneval --model path/to/model --data evaluation_metadata.jsonl --out runs/eval/geneval \\
-        --detector path/to/owlv2
+        --detector path/to/owlv2 --colour-model path/to/clip-vit-large-patch14
     thinkgen eval wise --model path/to/model --data cultural_common_sense.json natural_science.json \\
         spatio-temporal_reasoning.json --out runs/eval/wise --judge-url http://127.0.0.1:8000/v1 \\
         --judge-model Qwen2.5-VL-72B-Instruct
@@ -91,13 +91,14 @@ def _judged(make: Callable[[Any, argparse.Namespace], Scorer]) -> ScorerFactory:
 
 
 def _geneval_scorer(args: argparse.Namespace) -> tuple[Scorer | None, str]:
-    from .geneval import GenEvalScorer, TransformersObjectDetector, WorldObjectDetector
+    from .geneval import ClipColourClassifier, GenEvalScorer, TransformersObjectDetector, WorldObjectDetector
 
     if args.detector is None:
         return None, "no --detector given: images are generated but not scored"
     detector = WorldObjectDetector() if args.detector == "world" else TransformersObjectDetector(
         args.detector, device=args.device)
-    return GenEvalScorer(detector), ""
+    colours = ClipColourClassifier(args.colour_model, args.device) if args.colour_model else None
+    return GenEvalScorer(detector, colours), ""
 
 
 def _cvtg_scorer(args: argparse.Namespace) -> tuple[Scorer | None, str]:
@@ -169,6 +170,9 @@ def _benchmarks() -> dict[str, Benchmark]:
         p.add_argument("--detector", default=None,
                        help="'world' (the nano world's judge) or a local transformers detector folder "
                             "(OWL-ViT/OWLv2/Grounding-DINO/DETR); none: generate only")
+        p.add_argument("--colour-model", type=Path, default=None, metavar="PATH",
+                       help="local CLIP folder (GenEval's: openai/clip-vit-large-patch14) to name the colours the "
+                            "detector does not give, as GenEval does; default: a deterministic palette vote")
 
     def imgedit_args(p: argparse.ArgumentParser) -> None:
         _with_images_dir(_data_arg(help_text="ImgEdit's basic_edit.json"))(p)

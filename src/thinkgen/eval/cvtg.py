@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..world.score import text_metrics
+from .clip import load_clip
 from .runner import EvalItem, FileLayout, category_means, mean, read_json_file, require_field, suffixed
 
 
@@ -106,12 +107,7 @@ class ClipSimilarity:
     """A CLIP model from a local folder (transformers ``CLIPModel`` + ``CLIPProcessor``)."""
 
     def __init__(self, model_path: str | Path, device: str | None = None) -> None:
-        if not Path(model_path).is_dir():
-            raise FileNotFoundError(f"CLIP model folder not found: {model_path}")
-        from transformers import CLIPModel, CLIPProcessor
-
-        self.model = CLIPModel.from_pretrained(model_path).eval().to(device or "cpu")
-        self.processor = CLIPProcessor.from_pretrained(model_path)
+        self.model, self.processor = load_clip(model_path, device)
 
     def similarity(self, image: Image.Image, text: str) -> float:
         import torch

@@ -21,9 +21,10 @@ Scorer: GenEval's rules over any :class:`ObjectDetector`:
 
 Detectors: :class:`WorldObjectDetector` (the nano world's judge, which also knows colours) and
 :class:`TransformersObjectDetector` (an OWL-ViT / OWLv2 / Grounding-DINO / DETR folder through transformers'
-pipelines). Colours come from the detector when it names them, else from a :class:`ColourClassifier`
-(default :class:`PaletteColourClassifier`, a deterministic nearest-colour vote over the object's pixels;
-GenEval itself asks CLIP ViT-L/14 among the same ten colours).
+pipelines). Colours come from the detector when it names them, else from a :class:`ColourClassifier`:
+:class:`ClipColourClassifier` (GenEval's own: CLIP zero-shot among the ten colours, from a local CLIP folder)
+or, by default, :class:`PaletteColourClassifier` (a deterministic nearest-colour vote over the object's
+pixels, for runs without a CLIP).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from PIL import Image
 
 from ..imageio import atomic_write_bytes, load_image
 from ..world.geometry import relation
+from .clip import load_clip
 from .runner import EvalItem, iter_jsonl_file, mean, png_bytes
 
 GENEVAL_TASKS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -182,7 +184,13 @@ class ObjectDetector(Protocol):
 
 
 class ColourClassifier(Protocol):
-    """Names the colour of one detected object, among :data:`GENEVAL_COLOURS`."""
+    """Names the colour of one detected object, among :data:`GENEVAL_COLOURS`.
+
+    ``classifier_id`` names it (and its model) in the scorer's id, so scores made with another classifier
+    are not reused.
+    """
+
+    classifier_id: str
 
     def classify(self, image: Image.Image, detection: ObjectDetection) -> str:
         ...
@@ -205,6 +213,8 @@ class PaletteColourClassifier:
     border colour is taken as background and only wins if nothing else is there.
     """
 
+    classifier_id = "palette"
+
     def classify(self, image: Image.Image, detection: ObjectDetection) -> str:
         rgb = np.asarray(image.convert("RGB"), np.float32)  # (H, W, 3)
         h, w = rgb.shape[:2]
@@ -225,6 +235,92 @@ class PaletteColourClassifier:
             if votes.sum() > votes[background]:
                 votes[background] = 0
         return list(_REFERENCE_RGB)[int(votes.argmax())]
+
+
+GENEVAL_COLOUR_TEMPLATES: tuple[str, ...] = ("a photo of a {colour} {object}", "a photo of a {colour}-colored {object}",
+                                             "a photo of a {colour} object")
+MASK_BACKGROUND_RGB = (153, 153, 153)  # GenEval's default ``bgcolor`` "#999"
+
+
+def geneval_crop(image: Image.Image, detection: ObjectDetection) -> Image.Image:
+    """The object as GenEval shows it to CLIP: outside the mask (if any) grey, then the box cut out.
+
+    The box is rounded to whole pixels and any part of it outside the image comes back black (PIL's crop,
+    which GenEval uses).
+
+    Raises:
+        ValueError: a mask whose shape is not the image's (H, W).
+    """
+    rgb = image.convert("RGB")
+    if detection.mask is not None:
+        if detection.mask.shape != (rgb.height, rgb.width):
+            raise ValueError(f"detection mask has shape {detection.mask.shape}; the image is "
+                             f"{rgb.height}x{rgb.width} (H x W)")
+        keep = Image.fromarray(detection.mask.astype(np.uint8) * 255)
+        rgb = Image.composite(rgb, Image.new("RGB", rgb.size, MASK_BACKGROUND_RGB), keep)
+    return rgb.crop(detection.box)
+
+
+class ClipColourClassifier:
+    """GenEval's colour classifier: CLIP zero-shot among :data:`GENEVAL_COLOURS`, from a local folder.
+
+    What GenEval does (``evaluation/evaluate_images.py`` of djghosh13/geneval, ``color_classification`` and
+    ``ImageCrops``; zero-shot weights by clip_benchmark's ``zero_shot_classifier``):
+
+    - the model is open_clip's ViT-L-14 with the ``openai`` weights (openai/clip-vit-large-patch14 here);
+    - per object class, each colour's text is the mean of the L2-normalised embeddings of
+      :data:`GENEVAL_COLOUR_TEMPLATES` ("a photo of a {c} {class}", "a photo of a {c}-colored {class}",
+      "a photo of a {c} object"), normalised again;
+    - the image is the object's box crop; when the detection has a segmentation mask (GenEval's
+      Mask2Former always gives one) everything outside the mask is first painted grey ``#999``; without a
+      mask the box of the untouched image is used (:func:`geneval_crop`);
+    - the colour is the argmax of the normalised crop embedding against the colour texts.
+
+    Where ours departs: transformers' box detectors (OWL-ViT, Grounding DINO, DETR) give no masks, so the
+    crop keeps the background inside the box that Mask2Former's mask would grey out, and a large coloured
+    background can sway the answer. Preprocessing is the folder's ``CLIPProcessor``; for
+    openai/clip-vit-large-patch14 that is open_clip's resize (shortest side 224, bicubic), centre crop and
+    normalisation, up to the resize implementation. Objects are classified one by one, not in batches of 16.
+
+    Args:
+        model_path: the local CLIP folder (``CLIPModel`` + ``CLIPProcessor``).
+        device: torch device (default cpu).
+
+    Raises:
+        FileNotFoundError: no such folder.
+    """
+
+    def __init__(self, model_path: str | Path, device: str | None = None) -> None:
+        self.model, self.processor = load_clip(model_path, device)
+        self.classifier_id = f"clip:{model_path}"
+        self._colour_texts: dict[str, Any] = {}  # class name → (colours, dim) tensor, as GenEval caches them
+
+    def _colour_embeddings(self, class_name: str) -> Any:
+        import torch
+
+        if class_name not in self._colour_texts:
+            texts = [t.format(colour=c, object=class_name) for c in GENEVAL_COLOURS for t in GENEVAL_COLOUR_TEMPLATES]
+            inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
+            with torch.no_grad():
+                pooled = self.model.text_model(input_ids=inputs["input_ids"].to(self.model.device),
+                                               attention_mask=inputs["attention_mask"].to(self.model.device))
+                embeds = torch.nn.functional.normalize(self.model.text_projection(pooled.pooler_output), dim=-1)
+            per_colour = embeds.reshape(len(GENEVAL_COLOURS), len(GENEVAL_COLOUR_TEMPLATES), -1).mean(dim=1)
+            self._colour_texts[class_name] = torch.nn.functional.normalize(per_colour, dim=-1)
+        return self._colour_texts[class_name]
+
+    def similarities(self, image: Image.Image, detection: ObjectDetection) -> np.ndarray:
+        """Cosine similarity of the object's crop to each colour's text, in :data:`GENEVAL_COLOURS` order."""
+        import torch
+
+        pixels = self.processor(images=[geneval_crop(image, detection)], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            pooled = self.model.vision_model(pixel_values=pixels.to(self.model.device)).pooler_output
+            embed = torch.nn.functional.normalize(self.model.visual_projection(pooled), dim=-1)[0]
+        return (self._colour_embeddings(detection.class_name) @ embed).float().cpu().numpy()
+
+    def classify(self, image: Image.Image, detection: ObjectDetection) -> str:
+        return GENEVAL_COLOURS[int(np.argmax(self.similarities(image, detection)))]
 
 
 class WorldObjectDetector:
@@ -386,7 +482,7 @@ class GenEvalScorer:
     def __init__(self, detector: ObjectDetector, colour_classifier: ColourClassifier | None = None) -> None:
         self.detector = detector
         self.colours = colour_classifier or PaletteColourClassifier()
-        self.scorer_id = f"geneval/{detector.detector_id}/{type(self.colours).__name__}"
+        self.scorer_id = f"geneval/{detector.detector_id}/{self.colours.classifier_id}"
 
     def score_image(self, image: Image.Image, metadata: dict[str, Any]) -> tuple[bool, list[str]]:
         """GenEval's verdict on one image."""
