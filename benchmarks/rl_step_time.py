@@ -1,5 +1,6 @@
 """Seconds per RL step of MLLM-GRPO and DiT-GRPO, split into rollout / reward / update, at G = 4 and 8,
-and the rollout throughput: reasoning tokens/s (thinking, shared prefill), images/s, reward items/s.
+with rewards scored in the loop and in worker threads, and the rollout throughput: reasoning tokens/s
+(thinking, shared prefill), images/s, reward items/s.
 
 A tiny random pipeline on the CPU (the MLLM of ``models/tiny.py``, a one-block DiT over pixels), so the
 numbers measure the loops' own costs and how they scale with the group size, not a trained model. The
@@ -15,6 +16,7 @@ contend with other work made every step 5-30x slower in our runs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import statistics
 import tempfile
@@ -27,10 +29,12 @@ from thinkgen.rl.common import load_pipeline
 from thinkgen.rl.config import (
     DiTGRPOConfig,
     DiTGRPOParams,
+    DiTRLTrainConfig,
     MLLMGRPOConfig,
     MLLMGRPOParams,
     PromptConfig,
     RLModelConfig,
+    RLTrainConfig,
     RolloutSampleConfig,
 )
 from thinkgen.train.config import RunConfig
@@ -40,6 +44,8 @@ parser.add_argument("--steps", type=int, default=4, help="RL steps per measureme
 parser.add_argument("--prompts", type=int, default=2, help="prompts per RL step")
 parser.add_argument("--groups", type=int, nargs="+", default=[4, 8], help="group sizes G")
 parser.add_argument("--size", type=int, default=32, help="image side in pixels")
+parser.add_argument("--reward-workers", type=int, nargs="+", default=[0, 2],
+                    help="reward scoring threads to compare (0: scored in the loop)")
 parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 args = parser.parse_args()
 if args.threads:
@@ -64,13 +70,15 @@ def median_split(history: list[dict[str, float]]) -> dict[str, float]:
 
 print(f"tiny pipeline, {args.size}x{args.size}, {args.prompts} prompts/step, {torch.get_num_threads()} threads; "
       f"median of {max(args.steps - 1, 1)} steps")
-print(f"{'stage':<10} {'G':>3} {'step s':>7} {'rollout s':>9} {'reward s':>8} {'update s':>8}   detail")
-for group in args.groups:
+print("reward s: the reward's time on the loop's critical path (with workers, what is not hidden)")
+print(f"{'stage':<10} {'G':>3} {'workers':>7} {'step s':>7} {'rollout s':>9} {'reward s':>8} {'update s':>8}   detail")
+for group, workers in itertools.product(args.groups, args.reward_workers):
     with tempfile.TemporaryDirectory() as tmp:
         config = MLLMGRPOConfig(
             run=run_config(str(Path(tmp) / "mllm")), model=RLModelConfig(), prompts=prompts, rewards=rewards,
             sample=sample, grpo=MLLMGRPOParams(num_generations=group, micro_batch_size=group,
                                                max_thinking_tokens=16, max_instruction_tokens=8),
+            train=RLTrainConfig(reward_workers=workers),
         )
         result = mllm_grpo.train(config, pipeline=load_pipeline(config.model, seed=0))
         split = median_split(result.history)
@@ -79,18 +87,19 @@ for group in args.groups:
         rows = args.prompts * group
         think_s = statistics.median(h["think_s"] for h in timed)
         draw_s = statistics.median(h["draw_s"] for h in timed)
-        print(f"{'mllm_grpo':<10} {group:>3} {split['step_s']:>7.2f} {split['rollout_s']:>9.2f} "
+        print(f"{'mllm_grpo':<10} {group:>3} {workers:>7} {split['step_s']:>7.2f} {split['rollout_s']:>9.2f} "
               f"{split['reward_s']:>8.2f} {split['train_s']:>8.2f}   {tokens:.0f} tokens/rollout, 8 ODE steps; "
               f"think {tokens * rows / think_s:.0f} tokens/s, draw {rows / draw_s:.1f} images/s, "
-              f"reward {rows / split['reward_s']:.0f} items/s")
+              f"reward {rows / max(split['reward_s'], 1e-9):.0f} items/s on the critical path")
 
         config = DiTGRPOConfig(
             run=run_config(str(Path(tmp) / "dit")), model=RLModelConfig(), prompts=prompts, rewards=rewards,
             sample=sample, grpo=DiTGRPOParams(num_generations=group, micro_batch_size=group, timestep_fraction=0.5),
+            train=DiTRLTrainConfig(reward_workers=workers),
         )
         result = dit_grpo.train(config, pipeline=load_pipeline(config.model, seed=0))
         split = median_split(result.history)
-        print(f"{'dit_grpo':<10} {group:>3} {split['step_s']:>7.2f} {split['rollout_s']:>9.2f} "
+        print(f"{'dit_grpo':<10} {group:>3} {workers:>7} {split['step_s']:>7.2f} {split['rollout_s']:>9.2f} "
               f"{split['reward_s']:>8.2f} {split['train_s']:>8.2f}   8 SDE steps, 4 trained, CFG 2; "
               f"rollout {args.prompts * group / split['rollout_s']:.1f} images/s, "
-              f"reward {args.prompts * group / split['reward_s']:.0f} items/s")
+              f"reward {args.prompts * group / max(split['reward_s'], 1e-9):.0f} items/s on the critical path")

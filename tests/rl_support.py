@@ -87,3 +87,17 @@ def dit_config(
 def with_run(config: Any, **run: Any) -> Any:
     """``config`` with ``[run]`` fields replaced."""
     return dataclasses.replace(config, run=dataclasses.replace(config.run, **run))
+
+
+# Names of the threads that ran `thread_name` (the reward pool's tests read it).
+SCORING_THREADS: list[str] = []
+
+
+def thread_name(prompts: Sequence[str], images: Sequence[Any], **_: Any) -> list[float]:
+    """A reward that records which thread scored it and blocks briefly, so concurrent batches overlap."""
+    import threading
+    import time
+
+    SCORING_THREADS.append(threading.current_thread().name)
+    time.sleep(0.05)
+    return [float(len(p)) for p in prompts]

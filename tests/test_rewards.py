@@ -127,3 +127,32 @@ def test_combination_is_a_weighted_mean_over_applicable_rewards():
         ScenarioRewards({"composition": {"ocr": 1.0}})(["composition"], ["a"], [image], specs=[sample.spec])
     with pytest.raises(ValueError, match="no rewards for scenario 'edit'"):
         rewards(["edit"], ["a"], [render(sample.target, 64)], specs=[sample.spec])
+
+
+def test_reward_pool_scores_off_the_callers_thread_and_equals_the_serial_result():
+    import rl_support
+
+    scenarios = ["composition", "text", "composition", "edit", "text", "composition"]
+    samples = [generate(s, i) for i, s in enumerate(scenarios)]
+    prompts = [s.instruction for s in samples]
+    images = [s.target_image() for s in samples]
+    columns = {"specs": [s.spec for s in samples], "instructions": [s.answer for s in samples]}
+    tables = {"composition": {"world": 1.0, "rl_support.thread_name": 0.5}, "text": {"ocr": 1.0},
+              "default": {"world": 1.0}}
+    serial = ScenarioRewards(tables)(scenarios, prompts, images, **columns)
+    rl_support.SCORING_THREADS.clear()
+    pooled_rewards = ScenarioRewards(tables, num_workers=3)
+    pending = pooled_rewards.submit(scenarios, prompts, images, **columns)
+    assert pending.result() == serial
+    # The three composition items went out as three batches, each to a pool thread.
+    assert len(rl_support.SCORING_THREADS) == 3
+    assert all(name.startswith("reward") for name in rl_support.SCORING_THREADS)
+    # Submissions chained in order equal one submission of all items.
+    first = pooled_rewards.submit(scenarios[:2], prompts[:2], images[:2],
+                                  **{k: v[:2] for k, v in columns.items()})
+    rest = pooled_rewards.submit(scenarios[2:], prompts[2:], images[2:],
+                                 **{k: v[2:] for k, v in columns.items()})
+    assert type(first).chain([first, rest]).result() == serial
+    pooled_rewards.close()
+    with pytest.raises(ValueError, match="num_workers"):
+        ScenarioRewards(tables, num_workers=-1)

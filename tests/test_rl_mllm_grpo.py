@@ -3,6 +3,8 @@ exactly 1 at the first update, a real learning signal, LoRA with its reference, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -113,10 +115,14 @@ def test_lora_with_kl_trains_adapters_only(tmp_path):
 
 
 def test_resume_is_exact(tmp_path):
-    """Interrupted after step 1 and resumed, a run logs the same rewards and losses as one that never stopped."""
+    """Interrupted after step 1 and resumed, a run logs the same rewards and losses as one that never stopped
+    (and scoring rewards in worker threads changes nothing)."""
     reference = train(mllm_config(tmp_path / "a", max_steps=2), pipeline=build_tiny_pipeline())
     train(mllm_config(tmp_path / "b", max_steps=1), pipeline=build_tiny_pipeline())
-    resumed = train(mllm_config(tmp_path / "b", max_steps=2), pipeline=build_tiny_pipeline())
+    # The resumed half scores its rewards in a thread pool: that must not change a thing either.
+    pooled = mllm_config(tmp_path / "b", max_steps=2)
+    pooled = dataclasses.replace(pooled, train=dataclasses.replace(pooled.train, reward_workers=2))
+    resumed = train(pooled, pipeline=build_tiny_pipeline())
     assert len(resumed.rewards) == 1, "the second call must resume at step 1"
     assert resumed.rewards == reference.rewards[1:] and resumed.losses == reference.losses[1:]
     logged, expected = read_metrics(tmp_path / "b"), read_metrics(tmp_path / "a")

@@ -11,6 +11,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,12 +181,22 @@ def process_slots(prompts_per_step: int, accelerator: Accelerator) -> list[int]:
 class ScenarioRewards:
     """The reward combination of each scenario (``[rewards.<scenario>]``, ``default`` for the rest).
 
+    With ``num_workers`` > 0, :meth:`submit` scores in a thread pool: each scenario's items are split into
+    up to ``num_workers`` batches scored concurrently, while the caller goes on (MLLM-GRPO scores the old
+    log-probs meanwhile). Threads suit the rewards here: OCR and torch release the GIL, and judges over
+    HTTP wait on the network. Rewards must then be safe to call from several threads at once.
+
     Args:
         tables: Scenario → ``{reward name or dotted path: weight}``.
+        num_workers: Scoring threads; 0 scores in the caller's thread, inside :meth:`submit`.
     """
 
-    def __init__(self, tables: Mapping[str, Mapping[str, float]]) -> None:
+    def __init__(self, tables: Mapping[str, Mapping[str, float]], num_workers: int = 0) -> None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.rewards: dict[str, list[WeightedReward]] = {s: build_rewards(t) for s, t in tables.items()}
+        self.num_workers = num_workers
+        self._pool = ThreadPoolExecutor(num_workers, thread_name_prefix="reward") if num_workers else None
 
     def terms(self, scenario: str) -> list[WeightedReward]:
         if scenario in self.rewards:
@@ -194,30 +205,71 @@ class ScenarioRewards:
             return self.rewards[DEFAULT_REWARD_KEY]
         raise ValueError(f"no rewards for scenario {scenario!r}; configured: {', '.join(self.rewards)}")
 
-    def __call__(
+    def submit(
         self, scenarios: Sequence[str], prompts: Sequence[str], images: Sequence[Any], **columns: Sequence[Any]
-    ) -> tuple[list[float], dict[str, list[float | None]]]:
-        """Score every item with its scenario's rewards (one batched call per scenario).
+    ) -> PendingRewards:
+        """Start scoring every item with its scenario's rewards (batched per scenario); ``result()`` waits.
 
         Args:
             scenarios, prompts, images: One per item.
             columns: Per-item sequences (``specs``, ``instructions`` …) or one shared value (a detector).
+        """
+        batches = []
+        for scenario in dict.fromkeys(scenarios):
+            rows = [i for i, s in enumerate(scenarios) if s == scenario]
+            size = -(-len(rows) // max(self.num_workers, 1))
+            for start in range(0, len(rows), size):
+                batch = rows[start:start + size]
+                sub = {k: [v[i] for i in batch] if _per_item(v, len(prompts)) else v for k, v in columns.items()}
+                args = (self.terms(scenario), [prompts[i] for i in batch], [images[i] for i in batch])
+                if self._pool is None:
+                    done: Future = Future()
+                    done.set_result(combine_rewards(*args, **sub))
+                    batches.append((batch, done))
+                else:
+                    batches.append((batch, self._pool.submit(combine_rewards, *args, **sub)))
+        return PendingRewards(batches, list(scenarios), list(prompts))
 
-        Returns:
-            The combined reward per item, and each named reward's scores (``None`` where it did not apply
-            or the item's scenario does not use it).
+    def __call__(
+        self, scenarios: Sequence[str], prompts: Sequence[str], images: Sequence[Any], **columns: Sequence[Any]
+    ) -> tuple[list[float], dict[str, list[float | None]]]:
+        """Score every item and wait: :meth:`submit` then :meth:`PendingRewards.result`."""
+        return self.submit(scenarios, prompts, images, **columns).result()
+
+    def close(self) -> None:
+        """Stop the scoring threads (after the last result)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+@dataclass
+class PendingRewards:
+    """Rewards being scored: per batch of item indices, the future of its ``combine_rewards`` result."""
+
+    batches: list[tuple[list[int], Future]]
+    scenarios: list[str]
+    prompts: list[str]
+
+    @staticmethod
+    def chain(parts: Sequence[PendingRewards]) -> PendingRewards:
+        """The parts' items one after the other, as one submission."""
+        batches, offset = [], 0
+        for part in parts:
+            batches += [([i + offset for i in rows], future) for rows, future in part.batches]
+            offset += len(part.prompts)
+        return PendingRewards(batches, [s for p in parts for s in p.scenarios], [q for p in parts for q in p.prompts])
+
+    def result(self) -> tuple[list[float], dict[str, list[float | None]]]:
+        """The combined reward per item, and each named reward's scores (``None`` where it did not apply or
+        the item's scenario does not use it).
 
         Raises:
             ValueError: An item that none of its scenario's rewards applies to.
         """
-        total: list[float | None] = [None] * len(prompts)
-        named: dict[str, list[float | None]] = defaultdict(lambda: [None] * len(prompts))
-        for scenario in dict.fromkeys(scenarios):
-            rows = [i for i, s in enumerate(scenarios) if s == scenario]
-            sub = {k: [v[i] for i in rows] if _per_item(v, len(prompts)) else v for k, v in columns.items()}
-            scores, per_reward = combine_rewards(
-                self.terms(scenario), [prompts[i] for i in rows], [images[i] for i in rows], **sub
-            )
+        total: list[float | None] = [None] * len(self.prompts)
+        named: dict[str, list[float | None]] = defaultdict(lambda: [None] * len(self.prompts))
+        for rows, future in self.batches:
+            scores, per_reward = future.result()
             for k, i in enumerate(rows):
                 total[i] = scores[k]
                 for name, values in per_reward.items():
@@ -225,8 +277,8 @@ class ScenarioRewards:
         missing = [i for i, t in enumerate(total) if t is None]
         if missing:
             raise ValueError(
-                f"no reward applies to item {missing[0]} (scenario {scenarios[missing[0]]!r}, prompt "
-                f"{prompts[missing[0]]!r}); add one to [rewards.{scenarios[missing[0]]}]"
+                f"no reward applies to item {missing[0]} (scenario {self.scenarios[missing[0]]!r}, prompt "
+                f"{self.prompts[missing[0]]!r}); add one to [rewards.{self.scenarios[missing[0]]}]"
             )
         return [float(t) for t in total], dict(named)
 

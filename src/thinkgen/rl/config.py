@@ -173,6 +173,9 @@ class RLTrainConfig:
             reference of the KL term is then the same model with its adapters disabled (no copy).
         lora_alpha: LoRA scale numerator (scale = alpha / rank).
         lora_target_modules: Linear layers that get adapters (MLLM: ``q_proj`` …; DiT: ``to_q`` …).
+        reward_workers: Threads that score rewards off the loop's critical path (MLLM-GRPO: while the old
+            policy scores its tokens; DiT-GRPO: each group while the next is sampled); 0 scores in the loop.
+            Custom rewards must then be safe to call from several threads.
     """
 
     mixed_precision: str = "no"
@@ -180,9 +183,11 @@ class RLTrainConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_target_modules: list[str] = field(default_factory=list)
+    reward_workers: int = 0
 
     def __post_init__(self) -> None:
         _one_of("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        _require(self.reward_workers >= 0, f"reward_workers must be >= 0, got {self.reward_workers}")
         _require(self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}")
         _require(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
         _require(not self.lora_rank or self.lora_target_modules, "lora_target_modules must not be empty")

@@ -49,6 +49,7 @@ from thinkgen.rl.common import (
     GRPOResult,
     PromptItem,
     PromptSource,
+    PendingRewards,
     ScenarioRewards,
     add_lora,
     evaluate,
@@ -278,7 +279,7 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
 
     # ---- prompts and rewards
     source = PromptSource(config.prompts)
-    rewards = ScenarioRewards(config.rewards)
+    rewards = ScenarioRewards(config.rewards, num_workers=config.train.reward_workers)
     slots = process_slots(config.prompts.prompts_per_step, accelerator)
     side = sample.image_size // pipeline.codec.downscale_factor
     timesteps = flow_timesteps(
@@ -301,29 +302,33 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
     result = GRPOResult(step=step)
     num = grpo.num_generations
     while step < config.run.max_steps:
-        # 1. Rollouts: G SDE trajectories per prompt with per-step log-probs.
+        # 1. Rollouts: G SDE trajectories per prompt with per-step log-probs; each group's rewards are
+        # scored while the next group is sampled.
         start = time.perf_counter()
-        groups = [
-            rollout_group(pipeline, model, source.get(step * config.prompts.prompts_per_step + slot), config,
-                          timesteps, R.item_seed(config.run.seed, step, NOISE_SLOT_OFFSET + slot))
-            for slot in slots
-        ]
-        rollout_s = time.perf_counter() - start
+        groups, pending, reward_s = [], [], 0.0
+        for slot in slots:
+            group = rollout_group(pipeline, model, source.get(step * config.prompts.prompts_per_step + slot), config,
+                                  timesteps, R.item_seed(config.run.seed, step, NOISE_SLOT_OFFSET + slot))
+            submitted = time.perf_counter()
+            pending.append(rewards.submit(
+                [group.item.scenario] * num, [group.item.prompt] * num, group.images,
+                instructions=[group.instruction] * num, **reward_columns([group.item], num, source),
+            ))
+            reward_s += time.perf_counter() - submitted
+            groups.append(group)
 
         # 2. Rewards and group-relative advantages, clipped (Flow-GRPO).
-        start = time.perf_counter()
+        waiting = time.perf_counter()
         scenarios = [g.item.scenario for g in groups for _ in range(num)]
-        totals, named = rewards(
-            scenarios, [g.item.prompt for g in groups for _ in range(num)], [im for g in groups for im in g.images],
-            instructions=[g.instruction for g in groups for _ in range(num)],
-            **reward_columns([g.item for g in groups], num, source),
-        )
+        totals, named = PendingRewards.chain(pending).result()
+        # The reward's cost on the critical path: submitting (all of it without workers) plus the wait.
+        reward_s += time.perf_counter() - waiting
+        rollout_s = time.perf_counter() - start - reward_s
         reward_table = torch.tensor(totals).view(len(groups), num)  # (P, G)
         advantages = group_advantages(reward_table, grpo.scale_rewards, grpo.std_eps)
         advantages = advantages.clamp(-grpo.adv_clip_max, grpo.adv_clip_max)
         for group, row_rewards, row_adv in zip(groups, reward_table, advantages):
             group.rewards, group.advantages = row_rewards, row_adv.to(accelerator.device)
-        reward_s = time.perf_counter() - start
 
         # 3. Updates on a subset of the denoising steps, re-scored in the rollout's micro-batches.
         start = time.perf_counter()
@@ -388,6 +393,7 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
     # ---- cleanup: the whole pipeline, trained DiT (EMA weights if on, LoRA merged) inside
     bar.close()
     metrics.close()
+    rewards.close()
     result.step = step
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -209,30 +209,23 @@ def aggregate(per_token: torch.Tensor, completion_mask: torch.Tensor, mode: str,
 @torch.no_grad()
 def rollout(
     pipeline: ThinkGenPipeline,
-    model: torch.nn.Module,
     items: list[PromptItem],
     config: MLLMGRPOConfig,
     seed: int,
     noise_seeds: list[int],
-    reference: Any,
     times: dict[str, float] | None = None,
 ) -> list[MLLMGroup]:
-    """G thinking rollouts of each prompt, every group drawn by the frozen DiT from its own shared noise,
-    with their old (and reference) log-probs.
+    """G thinking rollouts of each prompt, every group drawn by the frozen DiT from its own shared noise.
 
     All prompts' rollouts are generated as one batch (one ``generate``, one DiT sampling loop).
 
     Args:
         pipeline: The pipeline (its MLLM is the policy, its DiT frozen).
-        model: The trainable MLLM as wrapped for training (scores the old log-probs).
         items: The prompts of this process.
         config: The recipe.
         seed: Seeds the sampling of the thoughts.
         noise_seeds: Per prompt, the seed of its group's initial noise.
-        reference: ``None`` (no KL), a frozen copy of the MLLM, or a context-manager factory under which
-            ``model`` is the reference policy (LoRA disabled).
-        times: Filled with the seconds of each phase: ``think_s``, ``draw_s`` and ``score_s`` (old and
-            reference log-probs).
+        times: Filled with the seconds of each phase: ``think_s`` and ``draw_s``.
     """
     times = {} if times is None else times
     start = time.perf_counter()
@@ -268,9 +261,7 @@ def rollout(
         image_guidance_scale=sample.image_guidance_scale, negative_prompt=sample.negative_prompt,
     ).images
     times["draw_s"] = time.perf_counter() - start
-    start = time.perf_counter()
 
-    # 3. Old (and reference) log-probs, micro-batch by micro-batch as the update will see them.
     groups = []
     for p, item in enumerate(items):
         rows = slice(p * num, (p + 1) * num)
@@ -280,8 +271,30 @@ def rollout(
             text=output.text[rows], reasoning=output.reasoning[rows], instruction=output.instruction[rows],
             generated_ids=output.generated_ids[rows],
         )
-        group = MLLMGroup(item, group_output, images[rows], initial_latents[rows])
-        for start in range(0, num, grpo.micro_batch_size):
+        groups.append(MLLMGroup(item, group_output, images[rows], initial_latents[rows]))
+    return groups
+
+
+@torch.no_grad()
+def score_old_policy(
+    pipeline: ThinkGenPipeline, model: torch.nn.Module, groups: list[MLLMGroup], config: MLLMGRPOConfig,
+    reference: Any,
+) -> None:
+    """Fill each group's update inputs and its old (and reference) log-probs, micro-batch by micro-batch as
+    the update will see them.
+
+    Args:
+        pipeline: The pipeline (its MLLM builds the teacher-forcing inputs).
+        model: The trainable MLLM as wrapped for training (scores the old log-probs).
+        groups: The rollouts.
+        config: The recipe.
+        reference: ``None`` (no KL), a frozen copy of the MLLM, or a context-manager factory under which
+            ``model`` is the reference policy (LoRA disabled).
+    """
+    grpo = config.grpo
+    for group in groups:
+        item, group_output = group.item, group.output
+        for start in range(0, grpo.num_generations, grpo.micro_batch_size):
             micro = slice(start, start + grpo.micro_batch_size)
             inputs, completion_mask = pipeline.mllm.completion_inputs(
                 [item.prompt] * grpo.micro_batch_size, [item.images] * grpo.micro_batch_size,
@@ -299,9 +312,6 @@ def rollout(
             elif reference is not None:
                 with reference():
                     group.ref_log_probs.append(completion_log_probs(model, inputs, completion_mask, grpo.temperature))
-        groups.append(group)
-    times["score_s"] = time.perf_counter() - start
-    return groups
 
 
 # ---- the loop -----------------------------------------------------------------------------------------
@@ -354,7 +364,7 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> G
 
     # ---- prompts and rewards
     source = PromptSource(config.prompts)
-    rewards = ScenarioRewards(config.rewards)
+    rewards = ScenarioRewards(config.rewards, num_workers=config.train.reward_workers)
     slots = process_slots(config.prompts.prompts_per_step, accelerator)
 
     # ---- checkpoints: every rollout's randomness is a function of (seed, step, slot), so the model,
@@ -376,28 +386,35 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> G
         items = [source.get(step * config.prompts.prompts_per_step + slot) for slot in slots]
         rollout_times: dict[str, float] = {}
         groups = rollout(
-            pipeline, model, items, config, seed=R.item_seed(config.run.seed, step, accelerator.process_index),
+            pipeline, items, config, seed=R.item_seed(config.run.seed, step, accelerator.process_index),
             noise_seeds=[R.item_seed(config.run.seed, step, NOISE_SLOT_OFFSET + slot) for slot in slots],
-            reference=reference, times=rollout_times,
+            times=rollout_times,
         )
-        rollout_s = time.perf_counter() - start
 
-        # 2. Rewards (each scenario's own) and group-relative advantages.
-        start = time.perf_counter()
+        # 2. Rewards (each scenario's own) are scored while the old policy scores its tokens; then
+        # group-relative advantages.
         num = grpo.num_generations
         scenarios = [g.item.scenario for g in groups for _ in range(num)]
-        totals, named = rewards(
+        submitted = time.perf_counter()
+        pending = rewards.submit(
             scenarios, [g.item.prompt for g in groups for _ in range(num)], [im for g in groups for im in g.images],
             reasoning=[r for g in groups for r in g.output.reasoning],
             instructions=[s for g in groups for s in g.output.instruction],
             completions=[t for g in groups for t in g.output.text],
             **reward_columns(items, num, source),
         )
+        scoring = time.perf_counter()
+        score_old_policy(pipeline, model, groups, config, reference)
+        rollout_times["score_s"] = time.perf_counter() - scoring
+        waiting = time.perf_counter()
+        totals, named = pending.result()
+        # The reward's cost on the critical path: submitting (all of it without workers) plus the wait.
+        reward_s = (scoring - submitted) + (time.perf_counter() - waiting)
+        rollout_s = time.perf_counter() - start - reward_s
         reward_table = torch.tensor(totals).view(len(groups), num)  # (P, G)
         advantages = group_advantages(reward_table, grpo.scale_rewards, grpo.std_eps)
         for group, row_rewards, row_adv in zip(groups, reward_table, advantages):
             group.rewards, group.advantages = row_rewards, row_adv
-        reward_s = time.perf_counter() - start
 
         # 3. Policy updates on this batch of rollouts.
         start = time.perf_counter()
@@ -457,6 +474,7 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> G
     # ---- cleanup: the whole pipeline, trained MLLM (LoRA merged) inside
     bar.close()
     metrics.close()
+    rewards.close()
     result.step = step
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
