@@ -3,6 +3,9 @@
 Built-ins (:data:`REWARDS`): ``world`` / ``world_strict`` (the world judge), ``geneval`` /
 ``geneval_strict`` (object clauses only), ``ocr``, ``word_accuracy``, ``ned`` (words), ``format`` (the
 thought is closed once and an instruction follows), ``reflection`` (verdict right, or the edit fixes it).
+Model-based rewards (:mod:`.models`: image–text similarity from a local CLIP / SigLIP folder, a VLM judge
+over an OpenAI-compatible endpoint) need settings, so a recipe declares them in ``[reward_models.<name>]``
+tables (:func:`build_reward_models`) and uses their names like the built-ins'.
 :func:`get_reward` finds one by name or dotted path; :func:`combine_rewards` averages several, weighted.
 
 Example:
@@ -12,6 +15,13 @@ Example:
 """
 
 from thinkgen.rewards.format import format_reward
+from thinkgen.rewards.models import (
+    REWARD_MODEL_KINDS,
+    ImageTextSimilarityReward,
+    RewardModelError,
+    VLMJudgeReward,
+    build_reward_models,
+)
 from thinkgen.rewards.reflection import reflection_reward
 from thinkgen.rewards.registry import REWARDS, RewardFunc, WeightedReward, build_rewards, combine_rewards, get_reward
 from thinkgen.rewards.world import (
@@ -26,8 +36,13 @@ from thinkgen.rewards.world import (
 
 __all__ = [
     "REWARDS",
+    "REWARD_MODEL_KINDS",
+    "ImageTextSimilarityReward",
     "RewardFunc",
+    "RewardModelError",
+    "VLMJudgeReward",
     "WeightedReward",
+    "build_reward_models",
     "build_rewards",
     "combine_rewards",
     "format_reward",

@@ -1,8 +1,9 @@
 """Rewards by name: the registry, dotted-path lookup, and the weighted combination used by the RL stages.
 
-A recipe names its rewards per scenario (``[rewards.text] ocr = 1.0, format = 0.1``); a name is either a
-key of :data:`REWARDS` or a dotted import path (``mypkg.rewards:aesthetic`` or ``mypkg.rewards.aesthetic``)
-to any callable with the reward interface.
+A recipe names its rewards per scenario (``[rewards.text] ocr = 1.0, format = 0.1``); a name is a key
+of :data:`REWARDS`, the name of a model-based reward the recipe declares (``[reward_models.<name>]``, see
+:mod:`thinkgen.rewards.models`), or a dotted import path (``mypkg.rewards:aesthetic`` or
+``mypkg.rewards.aesthetic``) to any callable with the reward interface.
 """
 
 from __future__ import annotations
@@ -43,17 +44,18 @@ REWARDS: dict[str, RewardFunc] = {
 """The built-in rewards by name."""
 
 
-def get_reward(name: str) -> RewardFunc:
-    """The reward called ``name``: a built-in or a dotted import path.
+def get_reward(name: str, models: Mapping[str, RewardFunc] | None = None) -> RewardFunc:
+    """The reward called ``name``: a built-in, one of ``models``, or a dotted import path.
 
     Args:
-        name: A registry name, or ``package.module:function`` / ``package.module.function``.
+        name: A registry name, a key of ``models``, or ``package.module:function`` / ``package.module.function``.
+        models: Declared model-based rewards by name (:func:`~thinkgen.rewards.models.build_reward_models`).
 
     Raises:
         ValueError: Unknown name (the message lists the valid ones) or a path that does not resolve to a
             callable.
     """
-    known = REWARDS
+    known = {**REWARDS, **(models or {})}
     if name in known:
         return known[name]
     if "." not in name and ":" not in name:
@@ -82,15 +84,18 @@ class WeightedReward:
     weight: float
 
 
-def build_rewards(weights: Mapping[str, float]) -> list[WeightedReward]:
-    """Resolve ``{name: weight}`` into weighted rewards (weights must be > 0)."""
+def build_rewards(
+    weights: Mapping[str, float], models: Mapping[str, RewardFunc] | None = None
+) -> list[WeightedReward]:
+    """Resolve ``{name: weight}`` into weighted rewards (weights must be > 0); ``models`` as in
+    :func:`get_reward`."""
     if not weights:
         raise ValueError("a reward combination needs at least one reward")
     out = []
     for name, weight in weights.items():
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
             raise ValueError(f"the weight of reward {name!r} must be a number > 0, got {weight!r}")
-        out.append(WeightedReward(name, get_reward(name), float(weight)))
+        out.append(WeightedReward(name, get_reward(name, models), float(weight)))
     return out
 
 

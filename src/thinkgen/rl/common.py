@@ -23,6 +23,7 @@ from accelerate.utils import gather_object
 from thinkgen.imageio import load_image
 from thinkgen.models.mllm import ThinkingConfig
 from thinkgen.pipeline import ThinkGenPipeline
+from thinkgen.rewards.models import build_reward_models
 from thinkgen.rewards.registry import WeightedReward, build_rewards, combine_rewards
 from thinkgen.rl.config import DEFAULT_REWARD_KEY, PromptConfig, RLEvalConfig, RLModelConfig, RolloutSampleConfig
 from thinkgen.train.distributed import build_accelerator
@@ -189,12 +190,19 @@ class ScenarioRewards:
     Args:
         tables: Scenario → ``{reward name or dotted path: weight}``.
         num_workers: Scoring threads; 0 scores in the caller's thread, inside :meth:`submit`.
+        reward_models: ``[reward_models]``: name → table of a model-based reward the tables may name.
     """
 
-    def __init__(self, tables: Mapping[str, Mapping[str, float]], num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        tables: Mapping[str, Mapping[str, float]],
+        num_workers: int = 0,
+        reward_models: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.rewards: dict[str, list[WeightedReward]] = {s: build_rewards(t) for s, t in tables.items()}
+        models = build_reward_models(reward_models or {})
+        self.rewards: dict[str, list[WeightedReward]] = {s: build_rewards(t, models) for s, t in tables.items()}
         self.num_workers = num_workers
         self._pool = ThreadPoolExecutor(num_workers, thread_name_prefix="reward") if num_workers else None
 

@@ -7,6 +7,7 @@ A recipe fills them like the supervised ones (:func:`thinkgen.train.config.load_
     [model]     the pipeline RL starts from
     [prompts]   where prompts come from, the scenario mix, prompts per step
     [rewards.<scenario>]  reward name (or dotted path) = weight, per scenario
+    [reward_models.<name>]  a model-based reward (kind, model folder or judge endpoint), then usable by name
     [sample]    how rollouts are rendered (size, steps, guidance)
     [grpo]      the algorithm's knobs
     [optim]     AdamW and its LR schedule (shared with the supervised stages)
@@ -23,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from thinkgen.rewards.models import build_reward_models
 from thinkgen.rewards.registry import build_rewards
 from thinkgen.train.config import (
     DTYPES,
@@ -212,13 +214,15 @@ class DiTRLTrainConfig(RLTrainConfig):
         )
 
 
-def _check_rewards(rewards: dict[str, Any], prompts: PromptConfig) -> None:
-    """Every reward resolves, every weight is positive, and every scenario of the mix has rewards."""
+def _check_rewards(rewards: dict[str, Any], prompts: PromptConfig, reward_models: dict[str, Any]) -> None:
+    """Every declared reward model is well formed (nothing is loaded), every reward resolves, every weight is
+    positive, and every scenario of the mix has rewards."""
+    models = build_reward_models(reward_models)
     _require(bool(rewards), "rewards must hold at least one [rewards.<scenario>] table")
     for scenario, table in rewards.items():
         _require(isinstance(table, dict), f"rewards.{scenario} must be a table of reward = weight")
         try:
-            build_rewards(table)
+            build_rewards(table, models)
         except ValueError as err:
             raise ValueError(f"rewards.{scenario}: {err}") from None
     if prompts.kind == "world" and DEFAULT_REWARD_KEY not in rewards:
@@ -307,6 +311,7 @@ class MLLMGRPOConfig:
     model: RLModelConfig = field(default_factory=RLModelConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     rewards: dict[str, Any] = field(default_factory=lambda: {DEFAULT_REWARD_KEY: {"world": 1.0}})
+    reward_models: dict[str, Any] = field(default_factory=dict)
     sample: RolloutSampleConfig = field(default_factory=RolloutSampleConfig)
     grpo: MLLMGRPOParams = field(default_factory=MLLMGRPOParams)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-6))
@@ -318,7 +323,7 @@ class MLLMGRPOConfig:
 
     def __post_init__(self) -> None:
         _check_run(self.run)
-        _check_rewards(self.rewards, self.prompts)
+        _check_rewards(self.rewards, self.prompts, self.reward_models)
         _require(self.distributed.strategy == "auto", "distributed.strategy must be 'auto' for MLLM-GRPO")
 
 
@@ -393,6 +398,7 @@ class DiTGRPOConfig:
     model: RLModelConfig = field(default_factory=RLModelConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     rewards: dict[str, Any] = field(default_factory=lambda: {DEFAULT_REWARD_KEY: {"world": 1.0}})
+    reward_models: dict[str, Any] = field(default_factory=dict)
     sample: RolloutSampleConfig = field(default_factory=RolloutSampleConfig)
     grpo: DiTGRPOParams = field(default_factory=DiTGRPOParams)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4))
@@ -404,7 +410,7 @@ class DiTGRPOConfig:
 
     def __post_init__(self) -> None:
         _check_run(self.run)
-        _check_rewards(self.rewards, self.prompts)
+        _check_rewards(self.rewards, self.prompts, self.reward_models)
         _require(self.distributed.strategy == "auto", "distributed.strategy must be 'auto' for DiT-GRPO")
 
 

@@ -279,7 +279,8 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
 
     # ---- prompts and rewards
     source = PromptSource(config.prompts)
-    rewards = ScenarioRewards(config.rewards, num_workers=config.train.reward_workers)
+    rewards = ScenarioRewards(config.rewards, num_workers=config.train.reward_workers,
+                              reward_models=config.reward_models)
     slots = process_slots(config.prompts.prompts_per_step, accelerator)
     side = sample.image_size // pipeline.codec.downscale_factor
     timesteps = flow_timesteps(

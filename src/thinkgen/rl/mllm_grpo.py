@@ -364,7 +364,8 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> G
 
     # ---- prompts and rewards
     source = PromptSource(config.prompts)
-    rewards = ScenarioRewards(config.rewards, num_workers=config.train.reward_workers)
+    rewards = ScenarioRewards(config.rewards, num_workers=config.train.reward_workers,
+                              reward_models=config.reward_models)
     slots = process_slots(config.prompts.prompts_per_step, accelerator)
 
     # ---- checkpoints: every rollout's randomness is a function of (seed, step, slot), so the model,
