@@ -171,3 +171,27 @@ def test_broken_samples_are_skipped_and_counted(tmp_path):
     result = train(load_recipe(recipe, ["run.max_steps=4", "data.num_workers=1"]))
     assert len(result.losses) == 4 and all(loss == loss for loss in result.losses)
     assert read_metrics(tmp_path / "run")[-1]["skipped"] >= 1
+
+
+def test_ema_warms_up_then_settles_and_its_state_round_trips():
+    from thinkgen.train.sft import EMA
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    initial = model.weight.detach().clone()
+    ema = EMA(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update()  # first update: decay min(0.999, 1/10) = 0.1, so the average moves 90 % of the way
+    torch.testing.assert_close(ema.shadow["weight"], 0.1 * initial + 0.9)
+    for _ in range(8999):  # (1 + n) / (10 + n) reaches 0.999 at n = 8991
+        ema.update()
+    assert ema.current_decay == 0.999
+    torch.testing.assert_close(ema.shadow["weight"], torch.ones(1, 2))
+    restored = EMA(model, decay=0.999)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.num_updates == ema.num_updates == 9000
+    torch.testing.assert_close(restored.shadow["weight"], ema.shadow["weight"])
+    # A state written before the warm-up existed (the shadow alone) loads as an average long past it.
+    legacy = EMA(model, decay=0.999)
+    legacy.load_state_dict(dict(ema.shadow))
+    assert legacy.current_decay == 0.999

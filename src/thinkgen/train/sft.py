@@ -141,17 +141,30 @@ def select_trainable(dit: ThinkGenTransformer2DModel, config: SFTStageConfig) ->
 
 
 class EMA:
-    """Exponential moving average of the trainable parameters, in float32 (a checkpoint piece)."""
+    """Exponential moving average of the trainable parameters, in float32 (a checkpoint piece).
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after n updates (as diffusers' EMAModel):
+    with a fixed 0.999, a model trained from scratch for 1200 steps would export weights still 30 %
+    random initialisation (0.999^1200); warmed up, the average follows the early weights, and its decay
+    passes 0.99 after ~900 updates and reaches 0.999 after ~9000.
+    """
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         self.decay = decay
+        self.num_updates = 0
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.shadow = {n: p.detach().float().clone() for n, p in self.params.items()}
 
+    @property
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
     @torch.no_grad()
     def update(self) -> None:
+        weight = 1.0 - self.current_decay
         for name, param in self.params.items():
-            self.shadow[name].lerp_(param.detach().float(), 1.0 - self.decay)
+            self.shadow[name].lerp_(param.detach().float(), weight)
+        self.num_updates += 1
 
     @torch.no_grad()
     def copy_to_model(self) -> None:
@@ -159,11 +172,14 @@ class EMA:
             param.copy_(self.shadow[name].to(param.dtype))
 
     def state_dict(self) -> dict[str, Any]:
-        return dict(self.shadow)
+        return {"shadow": dict(self.shadow), "num_updates": self.num_updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "shadow" not in state:  # written before the warm-up existed: an average long past it
+            state = {"shadow": state, "num_updates": 1 << 30}
         for name in self.shadow:
-            self.shadow[name].copy_(state[name])
+            self.shadow[name].copy_(state["shadow"][name])
+        self.num_updates = int(state["num_updates"])
 
 
 # ---- conditioning -------------------------------------------------------------------------------------
