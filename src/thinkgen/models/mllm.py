@@ -441,7 +441,9 @@ class ThinkGenMLLM:
                 **inputs, generation_config=generation_config, logits_processor=processors, streamer=streamer, **extra
             )
 
-    def _shared_prefill(self, inputs: dict[str, torch.Tensor], num_samples: int) -> tuple[dict[str, torch.Tensor], Cache]:
+    def _shared_prefill(
+        self, inputs: dict[str, torch.Tensor], num_samples: int
+    ) -> tuple[dict[str, torch.Tensor], Cache]:
         """One prefill per prompt for ``num_samples`` continuations of it (GRPO's group rollouts).
 
         The prompts without their last token go through ``generate`` for one token, which leaves the KV cache
