@@ -378,7 +378,6 @@ def greedy_thinking(max_thinking_tokens: int, max_instruction_tokens: int) -> Th
                           max_instruction_tokens=max_instruction_tokens, on_missing_think_end="all")
 
 
-
 @torch.no_grad()
 def evaluate(
     pipeline: ThinkGenPipeline,

@@ -47,9 +47,9 @@ from thinkgen.models.dit import ThinkGenTransformer2DModel
 from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.rl.common import (
     GRPOResult,
+    PendingRewards,
     PromptItem,
     PromptSource,
-    PendingRewards,
     ScenarioRewards,
     add_lora,
     evaluate,
@@ -108,7 +108,6 @@ class DiTGroup:
     images: list[Image.Image] = field(default_factory=list)
     rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
-
 
 
 # ---- one SDE step, and the Flow-GRPO loss ------------------------------------------------------------

@@ -102,7 +102,6 @@ class MLLMGroup:
     advantages: torch.Tensor | None = None
 
 
-
 # ---- log-probs and loss -----------------------------------------------------------------------------
 
 
