@@ -1,4 +1,5 @@
-"""What both GRPO stages share: the pipeline, prompts, per-scenario rewards, group advantages, evaluation.
+"""What both GRPO stages share: the pipeline, prompts, per-scenario rewards, group advantages, evaluation
+and the export of the best-evaluated pipeline.
 
 Each piece is a plain function or a small class used from the loops in :mod:`.mllm_grpo` and
 :mod:`.dit_grpo`, which stay the place to read what happens in which order.
@@ -6,15 +7,18 @@ Each piece is a plain function or a small class used from the loops in :mod:`.ml
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import math
 import random
+import shutil
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -413,3 +417,86 @@ def evaluate(
     totals, named = rewards(scenarios, [i.prompt for i in items], images, instructions=instructions,
                             **reward_columns(items, 1, source))
     return reward_metrics(scenarios, totals, named, prefix="eval_")
+
+
+# ---- eval.keep_best ------------------------------------------------------------------------------------
+
+BEST_DIR = "best"
+BEST_RECORD = "best.json"
+
+
+class BestPipeline:
+    """``eval.keep_best``: the pipeline of the highest held-out reward so far, kept in ``{output_dir}/best``.
+
+    An export holds the live weights of its step, exactly those the evaluation scored (DiT-GRPO's EMA is not
+    applied, unlike ``final``); LoRA is merged into a copy of the trained module, never into the one that
+    trains. ``best.json`` inside records ``{"step", "eval_reward"}`` and is where a resumed run reads its
+    threshold back: runs are deterministic, so an evaluation repeated after a resume scores the same and,
+    not beating itself, is not exported again.
+
+    Args:
+        output_dir: The run's folder.
+        trained: Where the trained module sits in the pipeline: ``mllm`` (its model) or ``transformer``.
+        accelerator: Only its main process writes.
+    """
+
+    def __init__(self, output_dir: Path, trained: Literal["mllm", "transformer"], accelerator: Accelerator) -> None:
+        self.folder = output_dir / BEST_DIR
+        self.trained = trained
+        self.accelerator = accelerator
+        if accelerator.is_main_process:
+            _settle_swap(self.folder)
+        accelerator.wait_for_everyone()
+        record = self.folder / BEST_RECORD
+        self.reward = json.loads(record.read_text())["eval_reward"] if record.is_file() else -math.inf
+
+    def offer(self, pipeline: ThinkGenPipeline, model: torch.nn.Module, step: int, eval_reward: float) -> None:
+        """Export the pipeline with the trained ``model`` (as wrapped for training) if ``eval_reward`` beats the
+        best so far; every process calls it, so all keep the same threshold."""
+        if not eval_reward > self.reward:  # strictly better only (a NaN never is)
+            return
+        self.reward = eval_reward
+        if not self.accelerator.is_main_process:
+            return
+        unwrapped = self.accelerator.unwrap_model(model)
+        # Saving leaves a module as it is; merging LoRA does not, hence the copy.
+        module = copy.deepcopy(unwrapped).merge_and_unload() if hasattr(unwrapped, "merge_and_unload") else unwrapped
+        exported = copy.copy(pipeline)
+        if self.trained == "mllm":
+            exported.mllm = copy.copy(pipeline.mllm)
+            exported.mllm.model = module
+        else:
+            exported.transformer = module
+        _swap_in(self.folder, exported, {"step": step, "eval_reward": eval_reward})
+        logger.info("new best eval_reward %.4f at step %d: wrote %s", eval_reward, step, self.folder)
+
+
+def _staging(folder: Path) -> tuple[Path, Path]:
+    """The siblings of ``folder`` a swap goes through: the new export, and the old one on its way out."""
+    return folder.with_name(f"{folder.name}.tmp"), folder.with_name(f"{folder.name}.old")
+
+
+def _swap_in(folder: Path, pipeline: ThinkGenPipeline, record: dict[str, Any]) -> None:
+    """Replace ``folder`` by ``pipeline`` and ``record`` (:data:`BEST_RECORD`, written last) with renames: at
+    any crash point either ``folder`` is complete or :func:`_settle_swap` finds a complete one to restore."""
+    new, old = _staging(folder)
+    shutil.rmtree(new, ignore_errors=True)
+    pipeline.save_pretrained(new)
+    (new / BEST_RECORD).write_text(json.dumps(record) + "\n")
+    if folder.exists():
+        folder.rename(old)
+    new.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _settle_swap(folder: Path) -> None:
+    """Finish or undo a swap a crash interrupted: with ``folder`` gone, the new export if complete, else the old
+    one; then drop the leftovers."""
+    new, old = _staging(folder)
+    if not folder.exists():
+        if (new / BEST_RECORD).is_file():
+            new.rename(folder)
+        elif old.exists():
+            old.rename(folder)
+    shutil.rmtree(new, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)

@@ -150,15 +150,24 @@ class RLEvalConfig:
         num_prompts: Prompts evaluated (the first ones of ``split``'s stream).
         split: World split of the evaluation prompts.
         num_inference_steps: Euler steps of the evaluation images (Flow-GRPO: 40, more than rollouts).
+        keep_best: After each evaluation that beats every earlier one, export the pipeline as it is at that
+            step (the weights evaluated, without DiT-GRPO's EMA) to ``{output_dir}/best``, with ``best.json``
+            (step and reward), since RL reward curves rise and then drift; SepGRPO then starts the next
+            stage from it instead of ``final``. Needs ``every > 0``.
     """
 
     every: int = 0
     num_prompts: int = 16
     split: str = "val"
     num_inference_steps: int = 40
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         _require(self.every >= 0, f"every must be >= 0, got {self.every}")
+        _require(
+            not self.keep_best or self.every > 0,
+            f"keep_best needs every > 0 (it keeps the best of the evaluations), got every = {self.every}",
+        )
         _require(self.num_prompts >= 1, f"num_prompts must be >= 1, got {self.num_prompts}")
         _require(self.num_inference_steps >= 1, f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
         check_split(self.split)

@@ -46,6 +46,7 @@ from thinkgen.imageio import tensor_to_pil
 from thinkgen.models.dit import ThinkGenTransformer2DModel
 from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.rl.common import (
+    BestPipeline,
     GRPOResult,
     PendingRewards,
     PromptItem,
@@ -236,7 +237,7 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
 
     Returns:
         :class:`~thinkgen.rl.common.GRPOResult` (groups: :class:`DiTGroup`); the trained pipeline is also
-        written to ``{output_dir}/final``.
+        written to ``{output_dir}/final`` (and with ``eval.keep_best`` the best-evaluated one to ``best``).
 
     Example:
         >>> from thinkgen.train.config import load_recipe
@@ -297,6 +298,7 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
     step = R.resume(config.run, manager, shared, per_process)
     metrics = MetricsLogger(output_dir, accelerator.is_main_process, config.run.use_tensorboard, step)
     bar = R.progress_bar(step, config.run.max_steps, accelerator.is_main_process)
+    best = BestPipeline(output_dir, "transformer", accelerator) if config.eval.keep_best else None
 
     # ---- the loop
     result = GRPOResult(step=step)
@@ -385,6 +387,9 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
                              if grpo.think else None)
             step_metrics.update(evaluate(pipeline, config.prompts, config.eval, sample, rewards, eval_thinking,
                                          config.run.seed))
+            if best is not None:
+                best.offer(pipeline, model, step, step_metrics["eval_reward"])
+                step_metrics["eval_best_reward"] = best.reward
         if step % config.run.log_every == 0 or step == config.run.max_steps:
             metrics.log(step, step_metrics)
         if config.run.save_every and step % config.run.save_every == 0 or step == config.run.max_steps:

@@ -43,6 +43,7 @@ from thinkgen.models.mllm import MLLMOutput, ThinkingConfig
 from thinkgen.models.refine import first_true_index
 from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.rl.common import (
+    BestPipeline,
     GRPOResult,
     PromptItem,
     PromptSource,
@@ -325,7 +326,7 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> G
 
     Returns:
         :class:`~thinkgen.rl.common.GRPOResult` (groups: :class:`MLLMGroup`); the trained pipeline is also
-        written to ``{output_dir}/final``.
+        written to ``{output_dir}/final`` (and with ``eval.keep_best`` the best-evaluated one to ``best``).
 
     Example:
         >>> from thinkgen.train.config import load_recipe
@@ -377,6 +378,7 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> G
     step = R.resume(config.run, manager, shared, per_process)
     metrics = MetricsLogger(output_dir, accelerator.is_main_process, config.run.use_tensorboard, step)
     bar = R.progress_bar(step, config.run.max_steps, accelerator.is_main_process)
+    best = BestPipeline(output_dir, "mllm", accelerator) if config.eval.keep_best else None
 
     # ---- the loop
     result = GRPOResult(step=step)
@@ -466,6 +468,9 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> G
             eval_thinking = greedy_thinking(grpo.max_thinking_tokens, grpo.max_instruction_tokens)
             step_metrics.update(evaluate(pipeline, config.prompts, config.eval, config.sample, rewards,
                                          eval_thinking, config.run.seed))
+            if best is not None:
+                best.offer(pipeline, model, step, step_metrics["eval_reward"])
+                step_metrics["eval_best_reward"] = best.reward
         if step % config.run.log_every == 0 or step == config.run.max_steps:
             metrics.log(step, step_metrics)
         if config.run.save_every and step % config.run.save_every == 0 or step == config.run.max_steps:

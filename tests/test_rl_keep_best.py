@@ -1,0 +1,101 @@
+"""``eval.keep_best``: the pipeline of the best held-out reward is exported to ``best/`` as it was at that
+step, without disturbing training, survives a resume, and is what SepGRPO hands to the next stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl_support import dit_config, mllm_config
+from thinkgen.pipeline import ThinkGenPipeline
+from thinkgen.rl import dit_grpo, mllm_grpo
+from thinkgen.rl.config import RLEvalConfig, ScheduleConfig, SepGRPOConfig
+from thinkgen.rl.sepgrpo import train as train_sepgrpo
+from thinkgen.train.config import RecipeError, load_recipe
+from thinkgen.train.logs import read_metrics
+from tiny_pipeline import build_tiny_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+EVAL_EVERY_STEP = RLEvalConfig(every=1, num_prompts=2, num_inference_steps=2, keep_best=True)
+
+
+def _keep_best(config, **eval_fields):
+    return dataclasses.replace(config, eval=dataclasses.replace(EVAL_EVERY_STEP, **eval_fields))
+
+
+def _wobbly_dit(output_dir, max_steps):
+    """DiT-GRPO at a learning rate high enough that the held-out reward goes up and down."""
+    config = _keep_best(dit_config(output_dir, max_steps=max_steps))
+    return dataclasses.replace(config, optim=dataclasses.replace(config.optim, lr=0.1))
+
+
+def _best(output_dir):
+    return json.loads((output_dir / "best" / "best.json").read_text())
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return set(sa) == set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_best_holds_the_weights_of_the_best_evaluation_and_survives_a_resume(tmp_path):
+    full = dit_grpo.train(_wobbly_dit(tmp_path / "full", 4), pipeline=build_tiny_pipeline())
+    logged = read_metrics(tmp_path / "full")
+    rewards = [r["eval_reward"] for r in logged]
+    best_step = rewards.index(max(rewards)) + 1
+    assert best_step < 4, f"the test needs a run whose last step is not its best: {rewards}"
+    assert _best(tmp_path / "full") == {"step": best_step, "eval_reward": max(rewards)}
+    assert [r["eval_best_reward"] for r in logged] == [max(rewards[:k + 1]) for k in range(4)]
+    assert [p.name for p in (tmp_path / "full").iterdir() if p.name.startswith("best")] == ["best"]
+
+    # Killed at the best step, then resumed: the weights there are that run's `final`, and the resumed run
+    # keeps its threshold (a worse last step does not replace `best`).
+    stopped = dit_grpo.train(_wobbly_dit(tmp_path / "resumed", best_step), pipeline=build_tiny_pipeline())
+    resumed = dit_grpo.train(_wobbly_dit(tmp_path / "resumed", 4), pipeline=build_tiny_pipeline())
+    assert len(resumed.rewards) == 4 - best_step, "the second call must resume"
+    assert _best(tmp_path / "resumed") == _best(tmp_path / "full")
+    best = ThinkGenPipeline.from_pretrained(tmp_path / "full" / "best").transformer
+    assert _same_weights(best, stopped.pipeline.transformer)
+    assert not _same_weights(best, full.pipeline.transformer)
+
+
+@pytest.mark.parametrize(("trainer", "make_config"), [(mllm_grpo, mllm_config), (dit_grpo, dit_config)])
+def test_exports_leave_lora_training_untouched(tmp_path, trainer, make_config):
+    runs = {}
+    for keep_best in (False, True):
+        config = _keep_best(make_config(tmp_path / str(keep_best), max_steps=2), keep_best=keep_best)
+        config.train.lora_rank = 4
+        runs[keep_best] = trainer.train(config, pipeline=build_tiny_pipeline())
+    assert runs[True].rewards == runs[False].rewards and runs[True].losses == runs[False].losses
+    evaluated = [[r["eval_reward"] for r in read_metrics(tmp_path / str(k))] for k in (False, True)]
+    assert evaluated[0] == evaluated[1]
+    assert not (tmp_path / "False" / "best").exists()
+    # The export holds the adapters merged, in the base layout.
+    best = ThinkGenPipeline.from_pretrained(tmp_path / "True" / "best")
+    module = best.mllm.model if trainer is mllm_grpo else best.transformer
+    assert not any("lora" in name for name in module.state_dict())
+
+
+def test_keep_best_needs_evaluations():
+    with pytest.raises(ValueError, match=r"keep_best needs every > 0"):
+        RLEvalConfig(every=0, keep_best=True)
+    with pytest.raises(RecipeError, match=r"eval\.keep_best needs every > 0 .*got every = 0"):
+        load_recipe(RECIPES / "nano" / "stage5_dit_grpo.toml", ["eval.every=0", "eval.keep_best=true"])
+
+
+def test_sepgrpo_hands_on_best_and_falls_back_to_final(tmp_path):
+    root = tmp_path / "sep"
+    stage4 = _keep_best(mllm_config(tmp_path, max_steps=2))
+    # Stage 5 keeps its best but never evaluates within its one step: it hands on its `final`.
+    stage5 = _keep_best(dit_config(tmp_path, max_steps=1), every=5)
+    result = train_sepgrpo(SepGRPOConfig(ScheduleConfig(output_dir=str(root)), stage4, stage5))
+    stage4_dir, stage5_dir = root / "round0" / "stage4_mllm_grpo", root / "round0" / "stage5_dit_grpo"
+    assert result.handed_on == [stage4_dir / "best", stage5_dir / "final"]
+    assert json.loads((stage5_dir / "config.json").read_text())["model"]["pipeline"] == str(stage4_dir / "best")
+    assert not (stage5_dir / "best").exists()
