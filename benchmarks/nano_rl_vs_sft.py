@@ -67,7 +67,7 @@ def rl_arm() -> Path:
         train("recipes/nano/stage4_mllm_grpo.toml", [
             *same_schedule(run_dir), f'model.pipeline="{args.pipeline}"', "prompts.scenarios={reasoning=1.0}",
             f"prompts.seed={args.prompt_seed}", f"prompts.prompts_per_step={args.prompts_per_step}",
-            f"grpo.temperature={args.temperature}", "eval.every=0"])
+            f"grpo.temperature={args.temperature}", "eval.every=0", "eval.keep_best=false"])
     return run_dir / "final"
 
 
