@@ -30,6 +30,7 @@ from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.rewards.models import build_reward_models
 from thinkgen.rewards.registry import WeightedReward, build_rewards, combine_rewards
 from thinkgen.rl.config import DEFAULT_REWARD_KEY, PromptConfig, RLEvalConfig, RLModelConfig, RolloutSampleConfig
+from thinkgen.train.checkpoint import fsync_tree
 from thinkgen.train.distributed import build_accelerator
 from thinkgen.world.detect import DetectorConfig, WorldDetector
 from thinkgen.world.scenarios import generate, pick_scenario
@@ -483,6 +484,7 @@ def _swap_in(folder: Path, pipeline: ThinkGenPipeline, record: dict[str, Any]) -
     shutil.rmtree(new, ignore_errors=True)
     pipeline.save_pretrained(new)
     (new / BEST_RECORD).write_text(json.dumps(record) + "\n")
+    fsync_tree(new)
     if folder.exists():
         folder.rename(old)
     new.rename(folder)

@@ -103,11 +103,12 @@ def _read_state(folder: Path, name: str) -> Any:
     return unflatten_state(json.loads(json_path.read_text(encoding="utf-8")), tensors)
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Flush the folder's files to disk so the rename publishes complete data even after a power loss."""
-    for path in folder.iterdir():
-        with path.open("rb") as f:
-            os.fsync(f.fileno())
+def fsync_tree(folder: Path) -> None:
+    """Flush the files under ``folder`` to disk so a rename publishes complete data even after a power loss."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
 
 
 # ---- RNG --------------------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ class CheckpointManager:
             _write_state(tmp, f"{name}.rank{self.process_index}", piece.state_dict())
         self.barrier()
         if self.is_main:
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             if final.exists():  # the same step saved again (a resumed run that saved before dying)
                 shutil.rmtree(final)
             os.replace(tmp, final)
