@@ -18,6 +18,7 @@ import argparse
 import torch
 
 from thinkgen.models.mllm import ThinkGenMLLM, ThinkingConfig
+from thinkgen.models.refine import normalise_instruction
 from thinkgen.world.scenarios import SCENARIOS, generate
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,10 +37,6 @@ torch.set_num_threads(args.threads)
 mllm = ThinkGenMLLM.from_pretrained(args.mllm, args.processor)
 
 
-def normalise(text: str) -> str:
-    return " ".join(text.lower().replace(".", " ").split())
-
-
 print("| scenario | prompts | T | distinct / group | mixed groups | right |")
 print("|---|---|---|---|---|---|")
 for scenario in args.scenarios:
@@ -55,8 +52,8 @@ for scenario in args.scenarios:
                                       on_missing_think_end="empty", seed=k)
             out = mllm.encode_prompt([sample.instruction], [sample.input_images()], think=True, thinking=thinking,
                                      num_samples_per_prompt=args.group_size)
-            right = [normalise(got) == normalise(sample.answer) for got in out.instruction]
-            stats[id(sample)] = (len({normalise(got) for got in out.instruction}),
+            right = [normalise_instruction(got) == normalise_instruction(sample.answer) for got in out.instruction]
+            stats[id(sample)] = (len({normalise_instruction(got) for got in out.instruction}),
                                  0 < sum(right) < len(right), sum(right) / len(right))
         for name, subset in subsets.items():
             if not subset:

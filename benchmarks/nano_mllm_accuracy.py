@@ -15,6 +15,7 @@ import time
 import torch
 
 from thinkgen.models.mllm import ThinkGenMLLM, ThinkingConfig
+from thinkgen.models.refine import normalise_instruction
 from thinkgen.world.scenarios import SCENARIOS, generate
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,7 +29,6 @@ torch.set_num_threads(args.threads)
 mllm = ThinkGenMLLM.from_pretrained(args.mllm, args.processor)
 thinking = ThinkingConfig(temperature=0.0, max_thinking_tokens=96, max_instruction_tokens=48,
                           on_missing_think_end="empty")
-norm = lambda s: " ".join(s.lower().replace(".", " ").split())  # noqa: E731
 
 print(f"{'scenario':<15} {'exact':>6} {'closed':>7}  example (expected | got)")
 start = time.perf_counter()
@@ -37,7 +37,7 @@ for scenario in SCENARIOS:
     samples = [generate(scenario, i, split="test") for i in range(args.n)]
     out = mllm.encode_prompt([s.instruction for s in samples], [s.input_images() for s in samples],
                              think=True, thinking=thinking)
-    exact = [norm(got) == norm(s.answer) for got, s in zip(out.instruction, samples)]
+    exact = [normalise_instruction(got) == normalise_instruction(s.answer) for got, s in zip(out.instruction, samples)]
     closed = out.is_thought_closed.float().mean().item()
     miss = next((k for k, ok in enumerate(exact) if not ok), 0)
     totals.append(sum(exact) / len(exact))

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from thinkgen.eval.nano import load_nano
+from thinkgen.models.refine import normalise_instruction
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--pipeline", required=True, help="the supervised pipeline both arms start from")
@@ -89,15 +90,12 @@ def sft_arm() -> Path:
     return pipeline_dir
 
 
-def normalise(text: str) -> str:
-    return " ".join(text.lower().replace(".", " ").split())
-
-
 def instruction_accuracy(eval_dir: Path) -> float:
     """Share of the think-mode test prompts whose instruction equals the world's answer."""
     answers = {item.key: item.meta["answer"] for item in load_nano(args.limit, ["reasoning"])}
     rows = [json.loads(line) for line in (eval_dir / "think" / "manifest.jsonl").read_text().splitlines()]
-    return sum(normalise(r["instruction"]) == normalise(answers[r["key"]]) for r in rows) / len(rows)
+    right = [normalise_instruction(r["instruction"]) == normalise_instruction(answers[r["key"]]) for r in rows]
+    return sum(right) / len(rows)
 
 
 models = {"supervised": lambda: Path(args.pipeline), "rl": rl_arm, "sft": sft_arm}

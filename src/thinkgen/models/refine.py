@@ -24,13 +24,17 @@ class ThoughtNotClosedError(ValueError):
     not of the caller's arguments, so callers such as the server can tell the two apart."""
 
 
+def normalise_instruction(text: str) -> str:
+    """An instruction as compared with another: lower case, full stops and runs of whitespace ignored."""
+    return " ".join(text.lower().replace(".", " ").split())
+
+
 def is_match_verdict(instruction: str, verdict: str) -> bool:
     """Whether an instruction is the MLLM's reflection verdict that the image already matches its prompt.
 
-    Case, full stops and runs of whitespace are ignored; the instruction may go on after the verdict.
+    Compared as :func:`normalise_instruction` writes them; the instruction may go on after the verdict.
     """
-    norm = lambda s: " ".join(s.lower().replace(".", " ").split())  # noqa: E731
-    return norm(instruction).startswith(norm(verdict))
+    return normalise_instruction(instruction).startswith(normalise_instruction(verdict))
 
 
 def conditioning_states(second_to_last_states: torch.Tensor, last_states: torch.Tensor) -> torch.Tensor:
