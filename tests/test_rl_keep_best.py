@@ -3,6 +3,7 @@ step, without disturbing training, survives a resume, and is what SepGRPO hands 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from rl_support import dit_config, mllm_config
 from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.rl import dit_grpo, mllm_grpo
+from thinkgen.rl.common import add_lora, merged_cpu_copy
 from thinkgen.rl.config import RLEvalConfig, ScheduleConfig, SepGRPOConfig
 from thinkgen.rl.sepgrpo import train as train_sepgrpo
 from thinkgen.train.config import RecipeError, load_recipe
@@ -80,6 +82,37 @@ def test_exports_leave_lora_training_untouched(tmp_path, trainer, make_config):
     best = ThinkGenPipeline.from_pretrained(tmp_path / "True" / "best")
     module = best.mllm.model if trainer is mllm_grpo else best.transformer
     assert not any("lora" in name for name in module.state_dict())
+
+
+@pytest.mark.parametrize("part", ["mllm", "transformer"])
+def test_merged_cpu_copy_equals_merge_and_unload_and_leaves_the_adapters_in_place(part):
+    pipeline = build_tiny_pipeline()
+    module = pipeline.mllm.model if part == "mllm" else pipeline.transformer
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"] if part == "mllm" else ["to_q", "to_k", "to_v", "to_out.0"]
+    peft_model = add_lora(module, rank=4, alpha=8.0, target_modules=targets)
+    torch.manual_seed(0)
+    with torch.no_grad():  # B starts at zero, which would make any merge look right
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    live_before = {k: v.clone() for k, v in peft_model.state_dict().items()}
+
+    merged = merged_cpu_copy(peft_model)
+    reference = copy.deepcopy(peft_model).merge_and_unload()
+
+    assert _same_weights(merged, reference)
+    assert peft_model.state_dict().keys() == live_before.keys()
+    assert all(torch.equal(v, live_before[k]) for k, v in peft_model.state_dict().items())
+    adapted = next(n for n, m in peft_model.get_base_model().named_modules() if hasattr(m, "lora_A"))
+    base_weight = peft_model.get_base_model().get_submodule(adapted).get_base_layer().weight
+    assert not torch.equal(merged.get_submodule(adapted).weight, base_weight)
+    # The copy runs: its non-persistent buffers (rotary frequencies) are real tensors, and it computes
+    # what the model with adapters computes.
+    assert not any(b.is_meta for b in merged.buffers())
+    if part == "mllm":
+        ids = torch.tensor([[1, 2, 3, 4]])
+        with torch.no_grad():
+            assert torch.allclose(merged(input_ids=ids).logits, peft_model(input_ids=ids).logits, atol=1e-5)
 
 
 def test_keep_best_needs_evaluations():

@@ -640,7 +640,6 @@ class ThinkGenMLLM:
         return text, reasoning, instruction, generated_ids[: end + 1]
 
     @torch.no_grad()
-    @torch.no_grad()
     def think_end_probability(
         self,
         prompt: str | Sequence[str],
