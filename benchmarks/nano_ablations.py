@@ -28,12 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-from thinkgen.imageio import pil_to_tensor
+from nano_common import val_flow_loss
 from thinkgen.pipeline import ThinkGenPipeline
-from thinkgen.world.scenarios import generate
 
 VARIANTS = {
     "shipped": [],
@@ -52,35 +48,6 @@ parser.add_argument("--limit", type=int, default=50, help="nano-bench prompts pe
 parser.add_argument("--val-samples", type=int, default=64, help="val samples per scenario for the flow loss")
 parser.add_argument("--out", default="runs/ablations")
 args = parser.parse_args()
-VAL_TIMES = torch.linspace(0.1, 0.9, 9)
-VAL_SCENARIOS = ("composition", "text", "reasoning", "edit")
-
-
-@torch.no_grad()
-def val_flow_loss(model_dir: Path) -> float:
-    """Mean velocity MSE of the pipeline's DiT on val samples at :data:`VAL_TIMES` (see the module doc)."""
-    pipeline = ThinkGenPipeline.from_pretrained(model_dir)
-    losses = []
-    for scenario in VAL_SCENARIOS:
-        for i in range(args.val_samples):
-            sample = generate(scenario, i, split="val")
-            images = sample.input_images()
-            out = pipeline.mllm.encode_prompt([sample.answer], [images], think=False)
-            x1 = pipeline.codec.encode(pil_to_tensor([sample.target_image()]).to(pipeline.device)).float()
-            x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(i))
-            t = VAL_TIMES[:, None, None, None]
-            count = len(VAL_TIMES)
-            refs = pipeline.encode_references([images])[0]
-            velocity = pipeline.transformer(
-                hidden_states=t * x1 + (1 - t) * x0, timestep=VAL_TIMES,
-                text_hidden_states=out.instruction_states.expand(count, -1, -1),
-                text_attention_mask=out.instruction_mask.expand(count, -1),
-                ref_image_hidden_states=[refs] * count if refs else None,
-            ).sample
-            losses.append(F.mse_loss(velocity.float(), (x1 - x0).expand(count, -1, -1, -1)).item())
-    return sum(losses) / len(losses)
-
-
 out = Path(args.out)
 thinkgen = [sys.executable, "-m", "thinkgen.cli"]
 rows = []
@@ -100,7 +67,8 @@ for name in args.variants:
     losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in line][-5:]
     row = {"variant": name, "train_minutes_this_call": round(train_minutes, 1),
-           "final_train_loss": sum(losses) / max(len(losses), 1), "val_flow_loss": val_flow_loss(run_dir / "final")}
+           "final_train_loss": sum(losses) / max(len(losses), 1),
+           "val_flow_loss": val_flow_loss(ThinkGenPipeline.from_pretrained(run_dir / "final"), args.val_samples)}
     for mode in ("think", "no_think"):
         summary = results["modes"][mode]["summary"]
         for scenario in args.scenarios:

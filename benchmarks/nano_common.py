@@ -1,5 +1,6 @@
 """Helpers shared by the nano benchmarks: world presets and image batches, the judge, a time-based LR
-schedule. The codec's palette, data stream and checks live in :mod:`thinkgen.train.codec`."""
+schedule, the held-out flow loss. The codec's palette, data stream and checks live in
+:mod:`thinkgen.train.codec`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from thinkgen.imageio import pil_to_tensor
+from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.world.dataset import to_tensor
 from thinkgen.world.detect import DetectorConfig, WorldDetector
+from thinkgen.world.scenarios import generate
 from thinkgen.world.scene import Spec, WorldConfig, get_preset
 from thinkgen.world.score import score_spec
 
@@ -60,3 +65,33 @@ def cosine_lr(base: float, fraction: float, warmup: float = 0.02, floor: float =
         return base * max(fraction, 1e-3) / warmup
     progress = min(1.0, (fraction - warmup) / (1 - warmup))
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+VAL_TIMES = torch.linspace(0.1, 0.9, 9)
+VAL_SCENARIOS = ("composition", "text", "reasoning", "edit")
+
+
+@torch.no_grad()
+def val_flow_loss(pipeline: ThinkGenPipeline, samples_per_scenario: int) -> float:
+    """The DiT's flow-matching loss on the world's val split: velocity MSE, conditioned on the answer's
+    no-think states (edits on their input images), at the fixed times :data:`VAL_TIMES` with fixed noise
+    per sample, so two models are compared on the same inputs."""
+    losses = []
+    for scenario in VAL_SCENARIOS:
+        for i in range(samples_per_scenario):
+            sample = generate(scenario, i, split="val")
+            images = sample.input_images()
+            out = pipeline.mllm.encode_prompt([sample.answer], [images], think=False)
+            x1 = pipeline.codec.encode(pil_to_tensor([sample.target_image()]).to(pipeline.device)).float()
+            x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(i))
+            t = VAL_TIMES[:, None, None, None]
+            count = len(VAL_TIMES)
+            refs = pipeline.encode_references([images])[0]
+            velocity = pipeline.transformer(
+                hidden_states=t * x1 + (1 - t) * x0, timestep=VAL_TIMES,
+                text_hidden_states=out.instruction_states.expand(count, -1, -1),
+                text_attention_mask=out.instruction_mask.expand(count, -1),
+                ref_image_hidden_states=[refs] * count if refs else None,
+            ).sample
+            losses.append(F.mse_loss(velocity.float(), (x1 - x0).expand(count, -1, -1, -1)).item())
+    return sum(losses) / len(losses)
