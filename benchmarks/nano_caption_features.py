@@ -11,22 +11,30 @@ side by side, one thread each:
 
 * ``last_two``: the connector reads ``cat(hidden_states[-2], hidden_states[-1])`` (the shipped design);
 * ``embedding_and_last``: ``cat(rms_normalise(hidden_states[0]), hidden_states[-1])``, at the same
-  shapes and compute. The arm's process swaps the embedding half into every ``encode_prompt`` result, so
-  training, the held-out loss and the nano-bench all see it; the library is unchanged.
+  shapes and compute (the DiT's ``caption_layers = "embedding_and_last"``, which the pipeline and the
+  trainer pass on to the MLLM).
+
+With ``--init DIT``, both arms continue from a trained DiT instead (``--mllm`` then names the MLLM whose
+states that DiT was trained on, with its processor; the ``embedding_and_last`` arm starts from a copy whose
+config reads the new layout), which asks whether the embeddings still pay off on top of a DiT trained long
+on the released pair.
 
 Each arm reports the held-out flow loss (:func:`nano_common.val_flow_loss`) and the nano-bench (think and
 no-think, ``--limit`` test prompts per scenario).
 
     python benchmarks/nano_caption_features.py --steps 1500 --out runs/caption_features
+    # runs/shipped/mllm: the shipped pipeline's mllm/ and processor/ copied into one folder
+    python benchmarks/nano_caption_features.py --steps 2500 --init src/thinkgen/assets/thinkgen-nano/transformer \
+        --mllm runs/shipped/mllm --limit 100 --out runs/caption_features_continued
     python benchmarks/nano_caption_features.py --probe
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,27 +55,12 @@ parser.add_argument("--arm", choices=ARMS, help="(internal) train and score one 
 parser.add_argument("--probe", action="store_true", help="print how much states tell tokens apart, per layer")
 parser.add_argument("--steps", type=int, default=1500)
 parser.add_argument("--recipe", default="recipes/nano/stage2_dit.toml")
-parser.add_argument("--mllm", default="checkpoints/nano-mllm")
+parser.add_argument("--mllm", default="checkpoints/nano-mllm", help="the frozen MLLM (a folder with its processor)")
+parser.add_argument("--init", default="", help="a trained DiT folder both arms start from (default: new DiTs)")
 parser.add_argument("--limit", type=int, default=50, help="nano-bench test prompts per scenario")
 parser.add_argument("--val-samples", type=int, default=32, help="val samples per scenario for the flow loss")
 parser.add_argument("--out", default="runs/caption_features")
 args = parser.parse_args()
-
-
-def use_embedding_half() -> None:
-    """Make every ``ThinkGenMLLM.encode_prompt`` return ``cat(rms_normalise(embeddings), hidden_states[-1])``."""
-    original = ThinkGenMLLM.encode_prompt
-
-    def encode_prompt(self: ThinkGenMLLM, *a, **k):
-        out = original(self, *a, **k)
-        with torch.no_grad():
-            embedded = self.model.get_input_embeddings()(out.instruction_ids.to(self.device)).float()
-            embedded = embedded * torch.rsqrt(embedded.pow(2).mean(-1, keepdim=True) + 1e-6)
-        states = out.instruction_states.clone()
-        states[..., : self.hidden_size] = embedded.to(states) * out.instruction_mask[..., None].to(states)
-        return dataclasses.replace(out, instruction_states=states)
-
-    ThinkGenMLLM.encode_prompt = encode_prompt
 
 
 @torch.no_grad()
@@ -96,12 +89,26 @@ def probe() -> None:
                                                               for x, y in zip(ha, hb)) + " |")
 
 
+def initial_dit(arm: str, run_dir: Path) -> Path:
+    """``--init``, or for ``embedding_and_last`` a copy of it whose config reads that layout."""
+    if arm == "last_two":
+        return Path(args.init)
+    folder = run_dir / "init"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = json.loads((Path(args.init) / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "caption_layers": arm}, indent=2))
+    shutil.copy(Path(args.init) / "diffusion_pytorch_model.safetensors", folder)
+    return folder
+
+
 def run_arm(arm: str) -> None:
-    if arm == "embedding_and_last":
-        use_embedding_half()
     run_dir = Path(args.out) / arm
     overrides = [f'run.output_dir="{run_dir}"', f"run.max_steps={args.steps}", f'model.mllm="{args.mllm}"',
                  "run.sample_every=0", f"run.save_every={max(args.steps // 4, 1)}", "data.num_workers=0"]
+    if args.init:
+        overrides += [f'model.transformer="{initial_dit(arm, run_dir)}"', "model.dit={}"]
+    else:
+        overrides.append(f'model.dit.caption_layers="{arm}"')
     if not (run_dir / "final").exists():
         if thinkgen(["train", "--recipe", args.recipe, *(x for o in overrides for x in ("--set", o))]):
             raise SystemExit(f"training {arm} failed")

@@ -389,3 +389,25 @@ def test_shared_prefill_needs_think_mode_and_a_positive_count(mllm):
         mllm.encode_prompt("a red circle", think=False, num_samples_per_prompt=2)
     with pytest.raises(ValueError, match="≥ 1"):
         mllm.encode_prompt("a red circle", think=True, num_samples_per_prompt=0)
+
+
+@pytest.mark.parametrize("think", [False, True])
+def test_embedding_and_last_puts_the_embeddings_in_place_of_hidden_states_minus_two(mllm, think):
+    thinking = ThinkingConfig(seed=0, max_thinking_tokens=6, max_instruction_tokens=4)
+    prompts = ["a red circle", "three green stars left of a square"]
+    released = mllm.encode_prompt(prompts, think=think, thinking=thinking)
+    mllm.caption_layers = "embedding_and_last"
+    try:
+        swapped = mllm.encode_prompt(prompts, think=think, thinking=thinking)
+    finally:
+        mllm.caption_layers = "last_two"
+    width = mllm.hidden_size
+    assert torch.equal(swapped.instruction_ids, released.instruction_ids)
+    torch.testing.assert_close(swapped.instruction_states[..., width:], released.instruction_states[..., width:])
+    mask = swapped.instruction_mask
+    embedded = mllm.model.get_input_embeddings()(swapped.instruction_ids)
+    expected = embedded / embedded.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+    torch.testing.assert_close(swapped.instruction_states[..., :width][mask], expected[mask])
+    assert not swapped.instruction_states[..., :width][~mask].any()
+    assert not torch.allclose(swapped.instruction_states[..., :width][mask],
+                              released.instruction_states[..., :width][mask])

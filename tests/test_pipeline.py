@@ -211,3 +211,11 @@ def test_sampler_uses_the_models_time_shift_reference(pipe, tmp_path):
     finally:
         handle.remove()
     assert steps == pytest.approx([0.0, 1 / 3, 2 / 3])  # 16 px latents at reference 16: no shift
+
+
+def test_the_pipeline_asks_its_mllm_for_the_layers_its_dit_reads():
+    pipe = build_tiny_pipeline()
+    assert pipe.mllm.caption_layers == "last_two"
+    dit = tiny_dit(pipe.mllm.hidden_size, caption_layers="embedding_and_last")
+    paired = ThinkGenPipeline(pipe.mllm, dit, pipe.codec, pipe.config)
+    assert paired.mllm.caption_layers == "embedding_and_last"

@@ -74,6 +74,24 @@ def test_final_folder_is_a_pipeline_with_the_recipe_sampling_defaults(tmp_path):
     assert all(r["loss"] > 0 for r in read_metrics(tmp_path / "run"))
 
 
+def test_the_trainer_feeds_the_dit_the_layers_it_reads(tmp_path):
+    """The same DiT weights and data, read through two caption layouts: the trainer must hand the MLLM the
+    DiT's ``caption_layers``, or both runs would see the same states and log the same losses. (A new DiT's
+    AdaLN-zero gates keep the text from the output at step 1, so the losses part from step 2.)"""
+    losses = {}
+    for layers in ("last_two", "embedding_and_last"):
+        (tmp_path / layers).mkdir()
+        recipe = sft_recipe(tmp_path / layers, extra='stage = "dit"')
+        dit = TINY_DIT.replace("{ ", f'{{ caption_layers = "{layers}", ')
+        recipe.write_text(recipe.read_text().replace(f"dit = {TINY_DIT}", f"dit = {dit}"))
+        result = train(load_recipe(recipe, ["run.max_steps=3", "run.save_every=0"]))
+        assert result.transformer.config.caption_layers == layers
+        losses[layers] = [r["loss"] for r in read_metrics(tmp_path / layers / "run")]
+    assert losses["last_two"][0] == losses["embedding_and_last"][0]
+    assert losses["last_two"][-1] != losses["embedding_and_last"][-1]
+    assert ThinkGenPipeline.from_pretrained(tmp_path / layers / "run" / "final").mllm.caption_layers == layers
+
+
 def test_killed_run_resumes_exactly(tmp_path):
     """A run killed with SIGKILL right after a checkpoint continues with the same loss at every step."""
     recipe = sft_recipe(tmp_path, extra='stage = "dit"\nema_decay = 0.9', name="a.toml")

@@ -14,13 +14,14 @@ from thinkgen.pipeline import PipelineConfig, ThinkGenPipeline
 FAST_THINKING = ThinkingConfig(max_thinking_tokens=6, max_instruction_tokens=4)
 
 
-def tiny_dit(text_feat_dim: int) -> ThinkGenTransformer2DModel:
-    """A one-block DiT (patch 2, width 32) with random weights, the same for every call."""
+def tiny_dit(text_feat_dim: int, **config: object) -> ThinkGenTransformer2DModel:
+    """A one-block DiT (patch 2, width 32) with random weights, the same for every call; ``config`` adds
+    constructor settings (e.g. ``caption_layers``)."""
     torch.manual_seed(0)
     dit = ThinkGenTransformer2DModel(
         patch_size=2, in_channels=3, hidden_size=32, num_layers=1, num_refiner_layers=1, num_attention_heads=2,
         num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 6, 6), axes_lens=(1024, 1024, 1024),
-        text_feat_dim=text_feat_dim, num_prepad_states=4,
+        text_feat_dim=text_feat_dim, num_prepad_states=4, **config,
     )
     # Fresh DiTs start with zeroed output layers (AdaLN-zero); randomise so outputs depend on the inputs.
     with torch.no_grad():

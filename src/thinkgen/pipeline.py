@@ -237,6 +237,7 @@ class ThinkGenPipeline:
                 f"the codec's {codec.latent_channels} latent channels do not match the DiT's in_channels "
                 f"{transformer.config.in_channels}"
             )
+        mllm.caption_layers = transformer.config.caption_layers
 
     # ---- loading and saving -----------------------------------------------------------------------------
 

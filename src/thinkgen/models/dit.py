@@ -38,8 +38,10 @@ from thinkgen.models.dit_blocks import (
 from thinkgen.models.rope import RotaryEmbedding3D, image_position_ids, text_position_ids
 
 RefImages = Sequence[Sequence[torch.Tensor] | None] | None
-# What the connector reads of cat([hidden_states[-2], hidden_states[-1]]): both (released) or the last alone.
-CAPTION_LAYERS = ("last_two", "last")
+# What the connector reads: cat(hidden_states[-2], hidden_states[-1]) (released), the [-1] half alone, or
+# cat(rms_normalised(hidden_states[0]), hidden_states[-1]) (the MLLM hands over its embeddings: see
+# ThinkGenMLLM.caption_layers), for small MLLMs whose last layers keep little of a token's identity.
+CAPTION_LAYERS = ("last_two", "last", "embedding_and_last")
 
 
 @dataclass
@@ -95,9 +97,11 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin):
         timestep_scale: Multiplies t ∈ [0, 1] before the sinusoidal embedding.
         num_prepad_states: K learnable states prepended to the text (23 released; 0 disables them).
         max_ref_images: Reference images per sample (rows of ``image_index_embedding``).
-        caption_layers: Which MLLM layers the connector reads: ``"last_two"`` (released) or ``"last"``, the
+        caption_layers: Which MLLM layers the connector reads: ``"last_two"`` (released); ``"last"``, the
             paper's ablation, where the ``hidden_states[-2]`` half of every instruction state is zeroed so the
-            connector sees ``hidden_states[-1]`` alone at the same shapes and compute.
+            connector sees ``hidden_states[-1]`` alone at the same shapes and compute; or
+            ``"embedding_and_last"``, where the MLLM puts its RMS-normalised token embeddings in place of
+            ``hidden_states[-2]`` (same shapes; measured better for the 4-layer nano MLLM).
     """
 
     _supports_gradient_checkpointing = True

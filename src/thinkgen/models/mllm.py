@@ -35,7 +35,13 @@ from transformers.cache_utils import Cache
 from transformers.generation.streamers import BaseStreamer
 
 from thinkgen.models.capture import ConditioningCapture
-from thinkgen.models.refine import ON_MISSING_THINK_END, OnMissingThinkEnd, first_true_index, vgi_refine
+from thinkgen.models.refine import (
+    ON_MISSING_THINK_END,
+    OnMissingThinkEnd,
+    RefinedInstruction,
+    first_true_index,
+    vgi_refine,
+)
 
 # The system prompt of the released ThinkGen inference code; the released weights were tuned with it.
 SYSTEM_PROMPT = (
@@ -294,6 +300,9 @@ class ThinkGenMLLM:
         self.tokenizer = processor.tokenizer
         self.max_image_pixels = max_image_pixels
         self.system_prompt = system_prompt
+        # Which layers the instruction states hold, as the DiT's ``caption_layers`` says (the pipeline and the
+        # trainers set it from the DiT): the released pair, or the embeddings in place of hidden_states[-2].
+        self.caption_layers = "last_two"
         self.think_end_token_id = self._token_id(CHAT_TOKENS.think_end)
         self.end_token_id = self._token_id(CHAT_TOKENS.im_end)
         pad_token_id = self.tokenizer.pad_token_id
@@ -513,6 +522,17 @@ class ThinkGenMLLM:
             )
         return self._encode_no_think(prompts, texts, images_per_row)
 
+    def _caption_states(self, refined: RefinedInstruction) -> torch.Tensor:
+        """The instruction states in the layout the DiT reads (:attr:`caption_layers`)."""
+        states = refined.instruction_states
+        if self.caption_layers != "embedding_and_last":
+            return states
+        # The instruction span is text only, so its hidden_states[0] are the embeddings of its ids.
+        embedded = self.model.get_input_embeddings()(refined.instruction_ids.to(self.device)).float()
+        embedded = torch.nn.functional.rms_norm(embedded, (self.hidden_size,), eps=1e-6)
+        mask = refined.instruction_mask[..., None].to(self.device)
+        return torch.cat([embedded.to(states.dtype) * mask, states[..., self.hidden_size :]], dim=-1)
+
     def _encode_no_think(
         self, prompts: list[str], texts: list[str], images: list[list[Image.Image]]
     ) -> MLLMOutput:
@@ -532,7 +552,7 @@ class ThinkGenMLLM:
         )
         empty = torch.zeros(0, dtype=torch.long, device=self.device)
         return MLLMOutput(
-            instruction_states=refined.instruction_states,
+            instruction_states=self._caption_states(refined),
             instruction_mask=refined.instruction_mask,
             instruction_ids=refined.instruction_ids,
             is_thought_closed=refined.is_thought_closed,
@@ -573,7 +593,7 @@ class ThinkGenMLLM:
         )
         rows = [self._split_generation(row) for row in generated_ids]
         return MLLMOutput(
-            instruction_states=refined.instruction_states,
+            instruction_states=self._caption_states(refined),
             instruction_mask=refined.instruction_mask,
             instruction_ids=refined.instruction_ids,
             is_thought_closed=refined.is_thought_closed,

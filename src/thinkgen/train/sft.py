@@ -434,6 +434,7 @@ def train(config: SFTStageConfig) -> SFTResult:
     if codec_module is not None:
         codec_module.requires_grad_(False).eval().to(device)
     dit = build_transformer(config, mllm, codec)
+    mllm.caption_layers = dit.config.caption_layers
     trainable = select_trainable(dit, config)
     num_trainable = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
     logger.info("stage %s: %.3fM of %.3fM DiT parameters train", config.train.stage, num_trainable / 1e6,
