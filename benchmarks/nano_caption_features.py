@@ -3,8 +3,9 @@ embeddings with the last layer?
 
 In the nano MLLM (4 decoder layers) a token's own identity fades with depth: at the count token of
 ``two red circles`` against ``three red circles`` the RMS-normalised states differ by 1.07 in the
-embeddings, then 0.56, 0.37, 0.13, 0.12 after layers 1–4 (``--probe`` prints this). The DiT reads the
-last two, and miscounting is its most common composition error.
+embeddings, then 0.56, 0.37, 0.13, 0.12 after layers 1–4, and shape tokens fade alike (``--probe``
+prints this). The DiT reads the last two, and most of its composition errors are objects of the wrong
+kind or number.
 
 Arms, each stage 2 from scratch (``recipes/nano/stage2_dit.toml``) for the same steps and batch, trained
 side by side, one thread each:
