@@ -101,7 +101,7 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin):
             paper's ablation, where the ``hidden_states[-2]`` half of every instruction state is zeroed so the
             connector sees ``hidden_states[-1]`` alone at the same shapes and compute; or
             ``"embedding_and_last"``, where the MLLM puts its RMS-normalised token embeddings in place of
-            ``hidden_states[-2]`` (same shapes; measured better for the 4-layer nano MLLM).
+            ``hidden_states[-2]`` (same shapes; for small MLLMs, see ``benchmarks/nano_caption_features.py``).
     """
 
     _supports_gradient_checkpointing = True

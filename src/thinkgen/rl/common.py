@@ -119,7 +119,7 @@ def merged_cpu_copy(peft_model: torch.nn.Module) -> torch.nn.Module:
             weight = layer.get_base_layer().weight
             merged = weight.clone()
             for adapter in layer.active_adapters:
-                merged += layer.get_delta_weight(adapter).to(weight.dtype)  # as peft's merge: cast, then add
+                merged += layer.get_delta_weight(adapter)  # as peft's merge: added in place, in the base dtype
             state[f"{name}.weight"] = merged.to("cpu")
     with torch.device("meta"):
         if isinstance(base, PreTrainedModel):
