@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
+from transformers import PreTrainedModel
 
 from thinkgen.imageio import load_image
 from thinkgen.models.mllm import ThinkingConfig
@@ -105,8 +106,7 @@ def merged_cpu_copy(peft_model: torch.nn.Module) -> torch.nn.Module:
     before ``merge_and_unload`` would hold a second full model on the accelerator: 16 GB for the 8B MLLM).
     The weights equal those of ``copy.deepcopy(peft_model).merge_and_unload()``.
     """
-    from peft.tuners.lora import LoraLayer
-    from transformers import PreTrainedModel
+    from peft.tuners.lora import LoraLayer  # peft is only needed by LoRA runs
 
     base = peft_model.get_base_model()
     state = {
