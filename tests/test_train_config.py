@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import tomllib
 from pathlib import Path
 
@@ -89,6 +90,16 @@ def test_overrides_apply_and_unknown_trainer_fails(tmp_path):
     with pytest.raises(RecipeError, match="trainer = 'gan' is not allowed"):
         load_recipe(path, ["trainer=gan"])
     assert set(TRAINERS) == {"sft", "mllm_sft", "codec"}
+
+
+def test_train_needs_no_serve_extra(tmp_path, capsys, monkeypatch):
+    """A training machine without pydantic / fastapi trains; only ``serve`` asks for the extra."""
+    from train_recipes import sft_recipe
+
+    monkeypatch.setitem(sys.modules, "thinkgen.serve.settings", None)  # as if pydantic were missing
+    assert main(["train", "--recipe", str(sft_recipe(tmp_path)), "--validate"]) == 0
+    assert main(["serve"]) == 2
+    assert "pip install 'thinkgen[serve]'" in capsys.readouterr().err
 
 
 def test_cli_reports_recipe_errors_without_traceback(tmp_path, capsys):

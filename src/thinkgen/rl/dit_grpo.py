@@ -270,10 +270,10 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
             reference = accelerator.prepare_model(frozen, evaluation_mode=True)
         trainable = dit.requires_grad_(True)
     trainable.train()
-    ema = EMA(trainable, config.train.ema_decay) if config.train.ema_decay else None
     num_trainable = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
     logger.info("DiT-GRPO: %.3fM trainable DiT parameters; MLLM frozen", num_trainable / 1e6)
     model = wrap_model(accelerator, trainable, config.train.gradient_checkpointing)
+    ema = EMA(trainable, config.train.ema_decay) if config.train.ema_decay else None  # on the model's device
     optimizer = accelerator.prepare(build_optimizer(model, config.optim))
     scheduler = build_scheduler(optimizer, config.optim, config.run.max_steps * grpo.num_iterations)
 

@@ -7,8 +7,6 @@ import ipaddress
 import logging
 import os
 
-from .settings import ServeSettings
-
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "THINKGEN_API_KEY"
@@ -28,7 +26,13 @@ LIMIT_FLAGS: tuple[tuple[str, str, type, str], ...] = (
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register ``serve``."""
+    """Register ``serve``; without the serve extra, a ``serve`` that says how to install it."""
+    try:
+        from .settings import ServeSettings
+    except ImportError:  # every other command must work without the serve extra
+        p = commands.add_parser("serve", help="serve the model over HTTP (needs: pip install 'thinkgen[serve]')")
+        p.set_defaults(handler=_missing_serve_extra)
+        return
     fields = ServeSettings.model_fields
     p = commands.add_parser(
         "serve", help="serve the model over an OpenAI-compatible HTTP API, with a web page",
@@ -50,6 +54,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_serve)
 
 
+def _missing_serve_extra(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+
+    raise UserError("serving needs the serve extra: pip install 'thinkgen[serve]' (fastapi, uvicorn, pydantic)")
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -63,6 +73,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .settings import ServeSettings
 
     # Read here rather than as the flag's default, so `--help` never prints the key.
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None

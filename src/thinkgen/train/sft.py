@@ -439,8 +439,9 @@ def train(config: SFTStageConfig) -> SFTResult:
     num_trainable = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
     logger.info("stage %s: %.3fM of %.3fM DiT parameters train", config.train.stage, num_trainable / 1e6,
                 sum(p.numel() for p in dit.parameters()) / 1e6)
-    ema = EMA(trainable, config.train.ema_decay) if config.train.ema_decay else None
     model = wrap_model(accelerator, trainable, config.train.gradient_checkpointing)
+    # After wrap_model: the average lives on the device the parameters were moved to.
+    ema = EMA(trainable, config.train.ema_decay) if config.train.ema_decay else None
     encoder = FeatureEncoder(mllm, config.train.max_cached_features if config.train.cache_features else 0)
 
     # ---- optimizer and LR schedule
