@@ -213,3 +213,30 @@ def test_ema_warms_up_then_settles_and_its_state_round_trips():
     legacy = EMA(model, decay=0.999)
     legacy.load_state_dict(dict(ema.shadow))
     assert legacy.current_decay == 0.999
+
+
+def test_references_encode_batched_by_size_as_one_by_one():
+    """One codec call per reference size gives each sample the latents it would get alone, in order."""
+    import numpy as np
+    from PIL import Image
+
+    from thinkgen.imageio import pil_to_tensor
+    from thinkgen.models.nano_autoencoder import NanoAutoencoder
+    from thinkgen.train.sft import encode_references
+    from thinkgen.world.scene import BACKGROUND_RGB, COLOURS
+
+    torch.manual_seed(0)
+    codec = NanoAutoencoder(palette=[list(COLOURS[c]) for c in ("red", "blue")], background=list(BACKGROUND_RGB),
+                            latent_channels=3, downscale_factor=4, base_channels=8).eval()
+    rng = np.random.default_rng(0)
+
+    def image(width: int, height: int) -> Image.Image:
+        return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+    refs = [[image(16, 16), image(32, 16)], [], [image(16, 16)]]
+    latents = encode_references(refs, codec, torch.device("cpu"))
+    assert latents[1] is None
+    for images, encoded in zip([refs[0], refs[2]], [latents[0], latents[2]]):
+        assert len(encoded) == len(images)
+        for picture, latent in zip(images, encoded):
+            torch.testing.assert_close(latent, codec.encode(pil_to_tensor([picture]))[0].float())

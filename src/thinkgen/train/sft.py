@@ -29,6 +29,7 @@ exactly as if it had never stopped (same batches, noise, dropout, optimizer stat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -51,7 +52,7 @@ from thinkgen.pipeline import PipelineConfig, ThinkGenPipeline
 from thinkgen.sampling import sample_latents, time_shift_factor
 from thinkgen.train import run as R
 from thinkgen.train.checkpoint import RNGState, ValueState
-from thinkgen.train.config import SFTStageConfig
+from thinkgen.train.config import DataConfig, SFTStageConfig
 from thinkgen.train.data import Record, Source, build_sources, fit_image, fitted_size
 from thinkgen.train.distributed import OptimizerState, TrainableWeights, build_accelerator, wrap_model
 from thinkgen.train.logs import MetricsLogger
@@ -265,6 +266,43 @@ def sample_time(generator: torch.Generator, config: SFTStageConfig, latent_size:
     return t
 
 
+def training_item(record: Record, data: DataConfig) -> dict[str, Any]:
+    """A record as the loss reads it: caption, MLLM input images, target and references fitted to size.
+
+    Images stay PIL until the loss stacks them: a DataLoader worker hands a PIL image over as its bytes, a
+    tensor as a shared-memory handle of its own, which costs far more (``benchmarks/sft_input_pipeline.py``).
+    """
+
+    def fit(image: Image.Image) -> Image.Image:
+        return fit_image(image, data.max_image_pixels, data.size_multiple)
+
+    use_answer = data.prompt_field == "answer" and record.answer
+    return {
+        "prompt": record.answer if use_answer else record.instruction,
+        "input_images": record.input_images,
+        "target": fit(record.output_image),
+        "refs": [fit(image) for image in record.input_images],
+    }
+
+
+@torch.no_grad()
+def encode_references(
+    refs: list[list[Image.Image]], codec: ImageCodec, device: torch.device
+) -> list[list[torch.Tensor] | None]:
+    """Per sample, the latents ``(C, h, w)`` of its reference images (``None`` without any): one codec call
+    per image size, not one per image, which would leave an accelerator waiting on kernel launches."""
+    latents: list[list[torch.Tensor] | None] = [[None] * len(images) if images else None for images in refs]
+    by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i, images in enumerate(refs):
+        for j, image in enumerate(images):
+            by_size.setdefault(image.size, []).append((i, j))
+    for places in by_size.values():
+        encoded = codec.encode(pil_to_tensor([refs[i][j] for i, j in places]).to(device)).float()
+        for (i, j), latent in zip(places, encoded):
+            latents[i][j] = latent
+    return latents
+
+
 def flow_matching_loss(
     model: torch.nn.Module,
     encoder: FeatureEncoder,
@@ -282,7 +320,7 @@ def flow_matching_loss(
     flow = config.flow
     # 1. Target latents (the codec's posterior mode: deterministic, and the FLUX posterior is narrow).
     with torch.no_grad():
-        x1 = codec.encode(torch.stack([item["target"] for item in items]).to(device)).float()  # (B, C, h, w)
+        x1 = codec.encode(pil_to_tensor([item["target"] for item in items]).to(device)).float()  # (B, C, h, w)
     latent_size = (x1.shape[-2], x1.shape[-1])
 
     # 2. Per-sample randomness, independent of how the global batch was split over processes.
@@ -301,11 +339,7 @@ def flow_matching_loss(
     prompts = [negative_text(flow.negative_prompt) if drop else item["prompt"] for item, drop in zip(items, drop_text)]
     images = [[] if drop else item["input_images"] for item, drop in zip(items, drop_text)]
     text_states, text_mask = encoder(prompts, images)
-    with torch.no_grad():
-        refs = [
-            None if drop or not item["refs"] else [codec.encode(r[None].to(device))[0].float() for r in item["refs"]]
-            for item, drop in zip(items, drop_refs)
-        ]
+    refs = encode_references([[] if drop else item["refs"] for item, drop in zip(items, drop_refs)], codec, device)
 
     # 4. Velocity prediction on the interpolant.
     t_b = t[:, None, None, None]
@@ -455,19 +489,8 @@ def train(config: SFTStageConfig) -> SFTResult:
         width, height = fitted_size(*source.image_size(index), data.max_image_pixels, data.size_multiple)
         return f"{width}x{height}"
 
-    def to_item(record: Record) -> dict[str, Any]:
-        def fit(image: Image.Image) -> torch.Tensor:
-            return pil_to_tensor([fit_image(image, data.max_image_pixels, data.size_multiple)])[0]  # (3, H, W)
-
-        use_answer = data.prompt_field == "answer" and record.answer
-        return {
-            "prompt": record.answer if use_answer else record.instruction,
-            "input_images": record.input_images,
-            "target": fit(record.output_image),
-            "refs": [fit(image) for image in record.input_images],
-        }
-
-    planner, start_batches = R.make_batches(accelerator, data, sources, config.run.seed, bucket_of, to_item, True)
+    planner, start_batches = R.make_batches(accelerator, data, sources, config.run.seed, bucket_of,
+                                                 functools.partial(training_item, data=data), True)
 
     # ---- checkpoints: resume exactly where the newest one left off
     train_state = ValueState(step=0, samples=0, broken=0)
