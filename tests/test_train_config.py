@@ -68,6 +68,7 @@ def test_recipes_cover_every_stage_and_scale():
         ("data.sources.0.scenarios=['nope']", "data.sources[0].scenarios: unknown scenario 'nope'"),
         ("train.lora_rank=4", "lora_rank must be 0 for stage 'connector'"),
         ("flow.prompt_dropout=1.5", "flow.prompt_dropout must be in [0, 1)"),
+        ("run.max_minutes=-1", "run.max_minutes must be >= 0"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path, override, message):
@@ -111,3 +112,9 @@ def test_cli_reports_recipe_errors_without_traceback(tmp_path, capsys):
     assert err.startswith("error: ") and "optim.warmup_steps must be >= 0" in err and "Traceback" not in err
     assert main(["train", "--recipe", str(path), "--validate"]) == 0
     assert not (tmp_path / "run").exists()  # validation computes nothing
+
+
+def test_rl_recipes_refuse_a_time_budget():
+    """RL stages stop at max_steps (their best export and evaluation schedule depend on it)."""
+    with pytest.raises(RecipeError, match="run.max_minutes is for the supervised trainers"):
+        load_recipe(Path("recipes/nano/stage5_dit_grpo.toml"), ["run.max_minutes=5"])

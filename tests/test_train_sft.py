@@ -117,6 +117,20 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert resumed.losses == reference[-len(resumed.losses):]  # bitwise
 
 
+def test_time_budget_stops_saves_exports_and_the_same_command_continues_exactly(tmp_path):
+    """With its minutes spent a run checkpoints and exports where it is; rerun, it picks up that step."""
+    recipe = sft_recipe(tmp_path, extra='stage = "dit"\nema_decay = 0.9', name="a.toml")
+    steps = ["run.max_steps=5", "run.save_every=0"]
+    reference = train(load_recipe(recipe, [*steps, f"run.output_dir='{tmp_path / 'ref'}'"])).losses
+
+    budgeted = [*steps, f"run.output_dir='{tmp_path / 'budget'}'", "run.max_minutes=1e-9"]  # spent after a step
+    pieces = [train(load_recipe(recipe, budgeted)) for _ in range(5)]
+    assert [piece.step for piece in pieces] == [1, 2, 3, 4, 5]
+    assert [loss for piece in pieces for loss in piece.losses] == reference  # bitwise
+    assert [r["step"] for r in read_metrics(tmp_path / "budget")] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "budget" / "final" / "transformer").is_dir()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -241,6 +241,8 @@ def _check_rewards(rewards: dict[str, Any], prompts: PromptConfig, reward_models
 
 def _check_run(run: RunConfig) -> None:
     _require(run.sample_every == 0, f"run.sample_every must be 0 for RL stages (use [eval]), got {run.sample_every}")
+    _require(run.max_minutes == 0, f"run.max_minutes is for the supervised trainers; RL stages run to max_steps, "
+                                   f"got {run.max_minutes}")
 
 
 def _check_group(name: str, num_generations: int) -> None:

@@ -229,6 +229,7 @@ def train(config: CodecConfig) -> CodecResult:
     # ---- the loop
     losses: list[float] = []
     window_start, window_samples = time.perf_counter(), 0
+    budget = R.TimeBudget(None, config.run.max_minutes)
     while step < config.run.max_steps:
         batch = train_images.take(data.batch_size).to(device)
         generator = R.item_generator(config.run.seed, step, 0)
@@ -249,7 +250,8 @@ def train(config: CodecConfig) -> CodecResult:
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
 
-        last = step == config.run.max_steps
+        out_of_time = budget.spent()
+        last = step == config.run.max_steps or out_of_time
         row: dict[str, float | int] = {}
         if step % config.run.log_every == 0 or last:
             elapsed = time.perf_counter() - window_start
@@ -270,6 +272,9 @@ def train(config: CodecConfig) -> CodecResult:
             metrics.log(step, row)
         if config.run.save_every and step % config.run.save_every == 0 or last:
             manager.save(step, shared, per_process)
+        if out_of_time:
+            budget.report(step, config.run.max_steps)
+            break
 
     # ---- export
     bar.close()

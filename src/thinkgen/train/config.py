@@ -79,6 +79,9 @@ class RunConfig:
         sample_every: Steps between sample-image grids (``[sample]``); 0 never draws.
         use_tensorboard: Also write TensorBoard events when ``tensorboard`` is installed.
         resume: Continue from the newest complete checkpoint in ``output_dir`` when there is one.
+        max_minutes: Wall-clock budget of one invocation's training loop in minutes (0: none; supervised
+            trainers only). When it is spent the run saves a checkpoint and exports what it has; the same
+            command continues it, exactly, up to ``max_steps`` (for a machine lent for a fixed time).
     """
 
     output_dir: str = "runs/nano"
@@ -90,9 +93,11 @@ class RunConfig:
     sample_every: int = 0
     use_tensorboard: bool = True
     resume: bool = True
+    max_minutes: float = 0.0
 
     def __post_init__(self) -> None:
         _require(bool(self.output_dir), "output_dir must not be empty")
+        _require(self.max_minutes >= 0, f"max_minutes must be >= 0 (0: no budget), got {self.max_minutes}")
         _require(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
         _require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         _require(self.save_every >= 0, f"save_every must be >= 0, got {self.save_every}")

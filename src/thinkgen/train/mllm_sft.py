@@ -220,6 +220,7 @@ def train(config: MLLMSFTConfig) -> MLLMSFTResult:
     # ---- the loop
     losses: list[float] = []
     window_start, window_samples = time.perf_counter(), 0
+    budget = R.TimeBudget(accelerator, config.run.max_minutes)
     while step < config.run.max_steps:
         loss_sum, num_micro, num_samples, num_broken = 0.0, 0, 0, 0
         for _ in range(sampler.num_micro_steps):
@@ -252,7 +253,9 @@ def train(config: MLLMSFTConfig) -> MLLMSFTResult:
         bar.update(1)
         bar.set_postfix(loss=f"{mean_loss:.4f}")
 
-        if step % config.run.log_every == 0 or step == config.run.max_steps:
+        out_of_time = budget.spent()
+        last = step == config.run.max_steps or out_of_time
+        if step % config.run.log_every == 0 or last:
             elapsed = time.perf_counter() - window_start
             metrics.log(step, {
                 "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
@@ -261,8 +264,11 @@ def train(config: MLLMSFTConfig) -> MLLMSFTResult:
                 "skipped": train_state.values["broken"] + int(data_state.values["num_skipped"]),
             })
             window_start, window_samples = time.perf_counter(), 0
-        if config.run.save_every and step % config.run.save_every == 0 or step == config.run.max_steps:
+        if config.run.save_every and step % config.run.save_every == 0 or last:
             manager.save(step, shared, per_process)
+        if out_of_time:
+            budget.report(step, config.run.max_steps)
+            break
 
     # ---- cleanup: the trained MLLM in the ThinkGenMLLM layout
     bar.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,29 @@ def optimizer_step(
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+class TimeBudget:
+    """``run.max_minutes``: whether this invocation's training loop has used its time. Every process
+    learns it in the same step (the first clock past the budget decides), so all stop and save together."""
+
+    def __init__(self, accelerator: Accelerator | None, max_minutes: float) -> None:
+        self.accelerator = accelerator
+        self.seconds = max_minutes * 60.0
+        self.start = time.monotonic()
+
+    def spent(self) -> bool:
+        if not self.seconds:
+            return False
+        spent = time.monotonic() - self.start > self.seconds
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return spent
+        flag = torch.tensor([float(spent)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item())  # clocks differ: any rank's decides
+
+    def report(self, step: int, max_steps: int) -> None:
+        logger.info("time budget of %g min spent at step %d of %d: checkpoint saved; run again to continue",
+                    self.seconds / 60.0, step, max_steps)
 
 
 def report_broken(broken: Sequence[BrokenItem]) -> None:

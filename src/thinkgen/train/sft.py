@@ -511,6 +511,7 @@ def train(config: SFTStageConfig) -> SFTResult:
     losses: list[float] = []
     window_start, window_samples = time.perf_counter(), 0
     model.train()
+    budget = R.TimeBudget(accelerator, config.run.max_minutes)
     while step < config.run.max_steps:
         loss_sum, num_micro, num_samples, num_broken = 0.0, 0, 0, 0
         for _ in range(sampler.num_micro_steps):
@@ -545,7 +546,9 @@ def train(config: SFTStageConfig) -> SFTResult:
         bar.update(1)
         bar.set_postfix(loss=f"{mean_loss:.4f}")
 
-        if step % config.run.log_every == 0 or step == config.run.max_steps:
+        out_of_time = budget.spent()
+        last = step == config.run.max_steps or out_of_time
+        if step % config.run.log_every == 0 or last:
             elapsed = time.perf_counter() - window_start
             metrics.log(step, {
                 "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
@@ -554,10 +557,13 @@ def train(config: SFTStageConfig) -> SFTResult:
                 "skipped": train_state.values["broken"] + int(data_state.values["num_skipped"]),
             })
             window_start, window_samples = time.perf_counter(), 0
-        if config.run.save_every and step % config.run.save_every == 0 or step == config.run.max_steps:
+        if config.run.save_every and step % config.run.save_every == 0 or last:
             manager.save(step, shared, per_process)
         if config.run.sample_every and step % config.run.sample_every == 0:
             save_sample_grid(model, encoder, codec, config, step, device, accelerator.is_main_process)
+        if out_of_time:
+            budget.report(step, config.run.max_steps)
+            break
 
     # ---- cleanup
     bar.close()
