@@ -226,12 +226,11 @@ class FeatureEncoder:
                     self.cache[keys[i]] = states.cpu()
                     if len(self.cache) > self.max_cached:
                         self.cache.popitem(last=False)
-            rows = [self.cache[k].to(self.mllm.device) for k in keys]
+            rows = [self.cache[k] for k in keys]  # on the CPU: padded there, moved in one copy
         length = max(r.shape[0] for r in rows)
         states = torch.stack([F.pad(r, (0, 0, 0, length - r.shape[0])) for r in rows])  # (B, L, 2D)
-        mask = torch.arange(length, device=states.device)[None] < torch.tensor([r.shape[0] for r in rows],
-                                                                              device=states.device)[:, None]
-        return states, mask
+        mask = torch.arange(length)[None] < torch.tensor([r.shape[0] for r in rows])[:, None]
+        return states.to(self.mllm.device), mask.to(self.mllm.device)
 
 
 # ---- the flow-matching loss ---------------------------------------------------------------------------
