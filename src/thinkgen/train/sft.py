@@ -488,8 +488,8 @@ def train(config: SFTStageConfig) -> SFTResult:
         width, height = fitted_size(*source.image_size(index), data.max_image_pixels, data.size_multiple)
         return f"{width}x{height}"
 
-    planner, start_batches = R.make_batches(accelerator, data, sources, config.run.seed, bucket_of,
-                                                 functools.partial(training_item, data=data), True)
+    to_item = functools.partial(training_item, data=data)
+    planner, start_batches = R.make_batches(accelerator, data, sources, config.run.seed, bucket_of, to_item, True)
 
     # ---- checkpoints: resume exactly where the newest one left off
     train_state = ValueState(step=0, samples=0, broken=0)
