@@ -208,25 +208,28 @@ class FeatureEncoder:
             digest.update(image.tobytes())
         return digest.hexdigest()
 
-    def _encode(self, prompts: list[str], images: list[list[Image.Image]]) -> list[torch.Tensor]:
+    def _encode(self, prompts: list[str], images: list[list[Image.Image]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-aligned ``states (B, L, 2D)`` (zeros past each instruction) and bool ``mask (B, L)``, L the
+        longest instruction."""
         out = self.mllm.encode_prompt(prompts, images, think=False)
-        lengths = out.instruction_mask.sum(dim=1).tolist()
-        return [out.instruction_states[i, :n] for i, n in enumerate(lengths)]  # each (L_i, 2D)
+        mask = out.instruction_mask.bool()
+        length = int(mask.sum(dim=1).max())
+        return out.instruction_states[:, :length], mask[:, :length]
 
     def __call__(self, prompts: list[str], images: list[list[Image.Image]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``states (B, L, 2D)`` and a right-padded bool ``mask (B, L)``."""
         if not self.max_cached:
-            rows = self._encode(prompts, images)
-        else:
-            keys = [self._key(p, im) for p, im in zip(prompts, images)]
-            missing = [i for i, k in enumerate(keys) if k not in self.cache]
-            if missing:
-                fresh = self._encode([prompts[i] for i in missing], [images[i] for i in missing])
-                for i, states in zip(missing, fresh):
-                    self.cache[keys[i]] = states.cpu()
-                    if len(self.cache) > self.max_cached:
-                        self.cache.popitem(last=False)
-            rows = [self.cache[k] for k in keys]  # on the CPU: padded there, moved in one copy
+            return self._encode(prompts, images)
+        keys = [self._key(p, im) for p, im in zip(prompts, images)]
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        if missing:
+            states, mask = self._encode([prompts[i] for i in missing], [images[i] for i in missing])
+            states, lengths = states.cpu(), mask.sum(dim=1).tolist()  # one copy off the device for the batch
+            for i, row, n in zip(missing, states, lengths):
+                self.cache[keys[i]] = row[:n].clone()  # its own storage: an entry must not keep its batch alive
+                if len(self.cache) > self.max_cached:
+                    self.cache.popitem(last=False)
+        rows = [self.cache[k] for k in keys]  # on the CPU: padded there, moved in one copy
         length = max(r.shape[0] for r in rows)
         states = torch.stack([F.pad(r, (0, 0, 0, length - r.shape[0])) for r in rows])  # (B, L, 2D)
         mask = torch.arange(length)[None] < torch.tensor([r.shape[0] for r in rows])[:, None]
