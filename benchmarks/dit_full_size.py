@@ -3,7 +3,7 @@
 Always builds the released 4B configuration on the meta device (no memory) and reports its parameter
 count. With a GPU it then builds the model with random bf16 weights and times one DiT forward at the
 given resolution: text-to-image (one branch), text CFG and text+image CFG (edit, one reference of the
-output size), each as one batched call and as one call per branch, with peak memory.
+output size), in each guidance batching mode (``by_length``, ``all``, ``none``), with peak memory.
 
     python benchmarks/dit_full_size.py                  # parameter count; timings too if CUDA is present
     python benchmarks/dit_full_size.py --tiny           # the same path on a small config, runs on a CPU
@@ -97,10 +97,10 @@ def timed(fn) -> float:
 with torch.no_grad():
     for label, cond in conditions.items():
         line = f"{label:9s}"
-        for use_batched in (True, False):
+        for mode in ("by_length", "all", "none"):
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            seconds = timed(lambda: guided_velocity(model, latents, 0.5, cond, 4.0, 2.0, use_batched))
+            seconds = timed(lambda: guided_velocity(model, latents, 0.5, cond, 4.0, 2.0, mode))
             memory = f" peak {torch.cuda.max_memory_allocated() / 2**30:5.1f} GiB" if device == "cuda" else ""
-            line += f"   {'batched' if use_batched else 'per-branch'} {seconds * 1e3:8.1f} ms{memory}"
+            line += f"   {mode} {seconds * 1e3:8.1f} ms{memory}"
         print(line)

@@ -219,3 +219,21 @@ def test_the_pipeline_asks_its_mllm_for_the_layers_its_dit_reads():
     dit = tiny_dit(pipe.mllm.hidden_size, caption_layers="embedding_and_last")
     paired = ThinkGenPipeline(pipe.mllm, dit, pipe.codec, pipe.config)
     assert paired.mllm.caption_layers == "embedding_and_last"
+
+
+def test_guidance_batching_setting_reaches_the_sampler(pipe):
+    """One DiT call per branch ("none") draws the same image as the default, with twice the calls."""
+    calls = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        grouped = pipe("a red circle", seed=0, guidance_scale=3.0, output_type="pt").images
+        grouped_calls, calls[:] = list(calls), []
+        each = ThinkGenPipeline(pipe.mllm, pipe.transformer, pipe.codec,
+                                PipelineConfig(**{**pipe.config.__dict__, "guidance_batching": "none"}))
+        separate = each("a red circle", seed=0, guidance_scale=3.0, output_type="pt").images
+    finally:
+        handle.remove()
+    assert set(grouped_calls) == {2} and set(calls) == {1} and len(calls) == 2 * len(grouped_calls)
+    torch.testing.assert_close(grouped, separate, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="guidance_batching='padded' is not one of by_length, all, none"):
+        PipelineConfig(guidance_batching="padded")

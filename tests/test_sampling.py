@@ -37,15 +37,15 @@ def test_time_shift_reference_side_sets_where_the_grid_is_unshifted():
         time_shift_factor(16, 16, 0.0)
 
 
-@pytest.mark.parametrize("use_batched_guidance", [True, False])
-def test_guided_euler_sampling_matches_released_sampler(use_batched_guidance):
+@pytest.mark.parametrize("guidance_batching", ["by_length", "all", "none"])
+def test_guided_euler_sampling_matches_released_sampler(guidance_batching):
     meta, t = load_oracle("sample_t2i_cfg4_6steps")
     model = oracle_model("sample_t2i_cfg4_6steps")
     out = sample_latents(
         model, t["input.initial_latents"], t["input.prompt_embeds"], t["input.prompt_attention_mask"],
         t["input.negative_prompt_embeds"], t["input.negative_prompt_attention_mask"],
         num_inference_steps=int(meta["num_inference_steps"]), guidance_scale=float(meta["text_guidance_scale"]),
-        image_guidance_scale=float(meta["image_guidance_scale"]), use_batched_guidance=use_batched_guidance,
+        image_guidance_scale=float(meta["image_guidance_scale"]), guidance_batching=guidance_batching,
     )
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, t["output.final_latents"], rtol=1e-4, atol=1e-4)
@@ -62,21 +62,40 @@ def _edit_inputs():
     )
 
 
-def test_all_guidance_branches_share_one_dit_call_per_step():
+def _dit_batch_sizes(model, **kwargs) -> tuple[list[int], torch.Tensor]:
+    batch_sizes = []
+    hook = model.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    out = sample_latents(model, **_edit_inputs(), num_inference_steps=4, guidance_scale=4.0,
+                         image_guidance_scale=2.0, cfg_range=(0.0, 0.5), **kwargs)
+    hook.remove()
+    return batch_sizes, out
+
+
+def test_guidance_branches_of_equal_length_share_one_dit_call():
     model = oracle_model()
+    # Steps 0–2 (i/N ≤ 0.5) guide: c and r carry the same references and stack (2·B); u has none and runs on
+    # its own rather than padded to their length. Step 3 runs c alone.
+    by_length, by_length_out = _dit_batch_sizes(model)
+    assert by_length == [4, 2, 4, 2, 4, 2, 2]
+    every, every_out = _dit_batch_sizes(model, guidance_batching="all")
+    assert every == [6, 6, 6, 2]
+    each, each_out = _dit_batch_sizes(model, guidance_batching="none")
+    assert each == [2] * 10
+    # Equal up to float round-off (amplified by the guidance scales).
+    torch.testing.assert_close(by_length_out, each_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(every_out, each_out, rtol=1e-4, atol=1e-4)
+    # Text guidance alone: both branches carry no references and stack.
+    inputs = _edit_inputs()
+    inputs["ref_latents"] = None
     batch_sizes = []
     model.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
-    inputs = _edit_inputs()
-    batched = sample_latents(model, **inputs, num_inference_steps=4, guidance_scale=4.0, image_guidance_scale=2.0,
-                             cfg_range=(0.0, 0.5))
-    # Steps 0–2 (i/N ≤ 0.5) run c, r and u as one batch of 3·B; step 3 runs c alone.
-    assert batch_sizes == [6, 6, 6, 2]
-    batch_sizes.clear()
-    sequential = sample_latents(model, **inputs, num_inference_steps=4, guidance_scale=4.0,
-                                image_guidance_scale=2.0, cfg_range=(0.0, 0.5), use_batched_guidance=False)
-    assert batch_sizes == [2] * 10
-    # Equal up to float round-off (amplified by the guidance scales).
-    torch.testing.assert_close(batched, sequential, rtol=1e-4, atol=1e-4)
+    sample_latents(model, **inputs, num_inference_steps=2, guidance_scale=4.0)
+    assert batch_sizes == [4, 4]
+
+
+def test_unknown_guidance_batching_is_named():
+    with pytest.raises(ValueError, match="guidance_batching='some'.*by_length, all, none"):
+        _dit_batch_sizes(oracle_model(), guidance_batching="some")
 
 
 def test_guidance_combines_branches_as_released():

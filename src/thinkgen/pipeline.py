@@ -7,7 +7,7 @@ The pipeline only wires components; each step is a named method:
    instruction span; the negative prompt goes through the no-think template;
 3. reference images are encoded by the codec;
 4. noise is drawn from the seed;
-5. the DiT samples (all guidance branches of a step in one batched call);
+5. the DiT samples (guidance branches of equal sequence length share one DiT call);
 6. the codec decodes.
 
 Example:
@@ -37,7 +37,7 @@ from .models.dit import ThinkGenTransformer2DModel
 from .models.mllm import MLLMOutput, ThinkGenMLLM, ThinkingConfig
 from .models.refine import is_match_verdict
 from .models.vae import ImageCodec, load_codec
-from .sampling import SHIFT_REFERENCE_SIDE, sample_latents
+from .sampling import GUIDANCE_BATCHING, SHIFT_REFERENCE_SIDE, GuidanceBatching, sample_latents
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class PipelineConfig:
             code's: 50 steps, text 4.0, image 2.0, whole range).
         time_shift_reference_side: latent side at which the sampler's resolution-dependent time shift is 1
             (the released model: 40; a model trained at another scale keeps the reference it trained with).
+        guidance_batching: how guidance branches share DiT calls (:func:`~thinkgen.sampling.guided_velocity`):
+            ``"by_length"``, ``"all"``, or ``"none"`` (one call per branch, the least peak memory).
         negative_prompt: encoded through the no-think template for the unconditional branches.
         max_prompt_chars: longest prompt accepted.
         max_image_pixels: largest output (height·width) and largest input image after resizing.
@@ -82,6 +84,7 @@ class PipelineConfig:
     image_guidance_scale: float = 2.0
     cfg_range: tuple[float, float] = (0.0, 1.0)
     time_shift_reference_side: float = SHIFT_REFERENCE_SIDE
+    guidance_batching: GuidanceBatching = "by_length"
     negative_prompt: str = RELEASED_NEGATIVE_PROMPT
     max_prompt_chars: int = 4000
     max_image_pixels: int = 2048 * 2048
@@ -93,6 +96,10 @@ class PipelineConfig:
         self.cfg_range = tuple(self.cfg_range)  # JSON gives a list
         if self.time_shift_reference_side <= 0:
             raise ValueError(f"time_shift_reference_side must be > 0, got {self.time_shift_reference_side}")
+        if self.guidance_batching not in GUIDANCE_BATCHING:
+            raise ValueError(
+                f"guidance_batching={self.guidance_batching!r} is not one of {', '.join(GUIDANCE_BATCHING)}"
+            )
         if "{prompt}" not in self.reflection_template:
             raise ValueError("reflection_template must contain '{prompt}'")
 
@@ -607,6 +614,7 @@ class ThinkGenPipeline:
             guidance_scale=text_scale,
             image_guidance_scale=image_scale,
             cfg_range=cfg_range,
+            guidance_batching=self.config.guidance_batching,
             callback=callback,
             shift_reference_side=self.config.time_shift_reference_side,
         )

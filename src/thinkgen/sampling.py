@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -251,6 +251,10 @@ def build_guidance_conditions(
     )
 
 
+GuidanceBatching = Literal["by_length", "all", "none"]
+GUIDANCE_BATCHING: tuple[str, ...] = ("by_length", "all", "none")
+
+
 def _stack_branches(branches: Sequence[GuidanceBranch]) -> GuidanceBranch:
     """Concatenate branches along the batch: ``(G·B, L, 2D)`` text, ``G·B`` reference entries."""
     batch = branches[0].text_hidden_states.shape[0]
@@ -264,6 +268,27 @@ def _stack_branches(branches: Sequence[GuidanceBranch]) -> GuidanceBranch:
     )
 
 
+def _sequence_shape(branch: GuidanceBranch) -> tuple:
+    """What fixes the length of each sample's DiT sequence in ``branch``: its text length and the shapes of
+    its reference latents. Branches with equal shapes stack without padding."""
+    refs = branch.ref_image_hidden_states or [None] * branch.text_hidden_states.shape[0]
+    return branch.text_hidden_states.shape[1], tuple(tuple(tuple(r.shape) for r in row or ()) for row in refs)
+
+
+def _branch_groups(branches: Sequence[GuidanceBranch], batching: str) -> list[list[int]]:
+    """Indices of the branches that share one DiT call."""
+    if batching == "none":
+        return [[i] for i in range(len(branches))]
+    if batching == "all":
+        return [list(range(len(branches)))]
+    if batching != "by_length":
+        raise ValueError(f"guidance_batching={batching!r} is not one of {', '.join(GUIDANCE_BATCHING)}")
+    groups: dict[tuple, list[int]] = {}
+    for i, branch in enumerate(branches):
+        groups.setdefault(_sequence_shape(branch), []).append(i)
+    return list(groups.values())
+
+
 def guided_velocity(
     transformer: ThinkGenTransformer2DModel,
     latents: torch.Tensor,
@@ -271,7 +296,7 @@ def guided_velocity(
     conditions: GuidanceConditions,
     guidance_scale: float,
     image_guidance_scale: float,
-    use_batched_guidance: bool = True,
+    guidance_batching: GuidanceBatching = "by_length",
 ) -> torch.Tensor:
     """The DiT's velocity at one step with text / image classifier-free guidance.
 
@@ -282,8 +307,12 @@ def guided_velocity(
         conditions: From :func:`build_guidance_conditions`.
         guidance_scale: ``s_t``; ≤ 1 turns text guidance off.
         image_guidance_scale: ``s_i``; ≤ 1 (or no references) turns image guidance off.
-        use_batched_guidance: Evaluate all branches in one DiT call (default); ``False`` calls the DiT
-            once per branch like the released sampler, for less peak memory.
+        guidance_batching: How the branches share DiT calls. ``"by_length"`` (default) stacks the branches
+            whose sequences have the same length: text guidance is one call, and an edit's reference-free
+            branch runs on its own rather than padded to the reference length (on the 4B DiT at 1024², padding
+            it made a guided edit step 37 % slower than one call per branch). ``"all"`` stacks every branch,
+            padding as needed; ``"none"`` calls the DiT once per branch like the released sampler, for the
+            least peak memory.
 
     Returns:
         ``(B, C, H, W)`` float32 guided velocity.
@@ -303,11 +332,11 @@ def guided_velocity(
                           branch.ref_image_hidden_states)
         return out.sample.float()
 
-    if use_batched_guidance:
-        stacked = _stack_branches(branches)
-        preds = dit(latents.repeat(len(branches), 1, 1, 1), stacked).chunk(len(branches))
-    else:
-        preds = [dit(latents, branch) for branch in branches]
+    by_branch: dict[int, torch.Tensor] = {}
+    for group in _branch_groups(branches, guidance_batching):
+        stacked = _stack_branches([branches[i] for i in group])
+        by_branch.update(zip(group, dit(latents.repeat(len(group), 1, 1, 1), stacked).chunk(len(group))))
+    preds = [by_branch[i] for i in range(len(branches))]
     if use_image:
         cond, ref, uncond = preds
         return uncond + image_guidance_scale * (ref - uncond) + guidance_scale * (cond - ref)
@@ -333,7 +362,7 @@ def sample_latents(
     guidance_scale: float = 4.0,
     image_guidance_scale: float = 2.0,
     cfg_range: tuple[float, float] = (0.0, 1.0),
-    use_batched_guidance: bool = True,
+    guidance_batching: GuidanceBatching = "by_length",
     callback: Callable[[int, torch.Tensor], None] | None = None,
     shift_reference_side: float = SHIFT_REFERENCE_SIDE,
 ) -> torch.Tensor:
@@ -350,7 +379,7 @@ def sample_latents(
         guidance_scale: Text guidance ``s_t`` (4.0).
         image_guidance_scale: Image guidance ``s_i`` (2.0; used only with reference images).
         cfg_range: Guidance applies at step ``i`` iff ``cfg_range[0] ≤ i / N ≤ cfg_range[1]``.
-        use_batched_guidance: See :func:`guided_velocity`.
+        guidance_batching: See :func:`guided_velocity`.
         callback: Called as ``callback(i, latents)`` after step ``i`` (progress bars, previews).
         shift_reference_side: The model's time-shift reference (:func:`flow_timesteps`).
 
@@ -374,7 +403,7 @@ def sample_latents(
             conditions,
             guidance_scale if in_range else 1.0,
             image_guidance_scale if in_range else 1.0,
-            use_batched_guidance,
+            guidance_batching,
         )
         latents = euler_step(latents, velocity, timesteps[i], timesteps[i + 1])
         if callback is not None:
