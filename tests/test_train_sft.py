@@ -137,35 +137,62 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _run_two_processes(tmp_path, name: str, body: str) -> dict:
+    """Run ``body`` under ``torch.distributed.run`` with 2 CPU processes; rank 0 writes ``report`` as JSON."""
+    script = tmp_path / f"{name}.py"
+    script.write_text(f"""
+import json, sys, torch, torch.distributed as dist
+from thinkgen.train.config import load_recipe
+from thinkgen.train.distributed import end_processes
+from thinkgen.train.sft import train
+{body}
+if dist.get_rank() == 0:
+    json.dump(report, open({str(tmp_path / f"{name}.json")!r}, "w"))
+end_processes()
+""")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(_free_port()), str(script)]
+    completed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
 def test_two_processes_stay_in_sync_and_match_one_process(tmp_path):
     recipe = sft_recipe(tmp_path, extra='stage = "dit"')
     steps = ["run.max_steps=3", "run.save_every=0"]
     single = train(load_recipe(recipe, [*steps, "data.micro_batch_size=4"])).losses
 
     overrides = [*steps, "data.micro_batch_size=2", f"run.output_dir='{tmp_path / 'ddp'}'"]
-    script = tmp_path / "ddp.py"
-    script.write_text(f"""
-import json, sys, torch, torch.distributed as dist
-from thinkgen.train.config import load_recipe
-from thinkgen.train.distributed import end_processes
-from thinkgen.train.sft import train
+    report = _run_two_processes(tmp_path, "ddp", f"""
 result = train(load_recipe({str(recipe)!r}, {overrides!r}))
 flat = torch.cat([p.detach().flatten() for p in result.model.parameters()])
 gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)
-if dist.get_rank() == 0:
-    json.dump({{"losses": result.losses, "in_sync": all(torch.equal(g, gathered[0]) for g in gathered),
-               "world_size": dist.get_world_size()}}, open({str(tmp_path / "ddp.json")!r}, "w"))
+report = {{"losses": result.losses, "in_sync": all(torch.equal(g, gathered[0]) for g in gathered),
+          "world_size": dist.get_world_size()}}
 del result, flat, gathered
-end_processes()
 """)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-               str(script)]
-    completed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads((tmp_path / "ddp.json").read_text())
     assert report["world_size"] == 2 and report["in_sync"]
     assert report["losses"] == pytest.approx(single, rel=1e-5)
+
+
+def test_one_process_out_of_time_stops_every_process_at_the_same_step(tmp_path):
+    """Clocks differ between processes: the first to pass the budget decides, and all save that step."""
+    recipe = sft_recipe(tmp_path, extra='stage = "dit"')
+    out = tmp_path / "budget"
+    overrides = ["run.max_steps=6", "run.save_every=0", "run.max_minutes=60", "data.micro_batch_size=2",
+                 f"run.output_dir='{out}'"]
+    report = _run_two_processes(tmp_path, "budget", f"""
+from thinkgen.train import run
+checks = []
+run.TimeBudget.spent = lambda self: checks.append(1) or (dist.get_rank() == 1 and len(checks) >= 2)
+step = train(load_recipe({str(recipe)!r}, {overrides!r})).step
+steps = [torch.zeros(1, dtype=torch.long) for _ in range(2)]
+dist.all_gather(steps, torch.tensor([step]))
+report = {{"steps": [int(s) for s in steps]}}
+""")
+    assert report["steps"] == [2, 2]  # rank 1's clock ran out in step 2; rank 0's never did
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002"]
 
 
 def test_lora_ema_checkpointing_edits_samples_and_tensorboard(tmp_path):

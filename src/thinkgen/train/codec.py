@@ -224,12 +224,10 @@ def train(config: CodecConfig) -> CodecResult:
     manager = CheckpointManager(output_dir / R.CHECKPOINT_DIR, config.run.keep_last, 0, lambda: None)
     step = R.resume(config.run, manager, shared, per_process)
     metrics = MetricsLogger(output_dir, True, config.run.use_tensorboard, step)
-    bar = R.progress_bar(step, config.run.max_steps, True)
+    progress = R.LoopProgress(step, config.run.max_steps, True)
 
     # ---- the loop
-    losses: list[float] = []
-    window_start, window_samples = time.perf_counter(), 0
-    budget = R.TimeBudget(None, config.run.max_minutes)
+    budget = R.TimeBudget(config.run.max_minutes)
     while step < config.run.max_steps:
         batch = train_images.take(data.batch_size).to(device)
         generator = R.item_generator(config.run.seed, step, 0)
@@ -243,21 +241,16 @@ def train(config: CodecConfig) -> CodecResult:
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        losses.append(loss.item())
         samples = train_state.values["samples"] + data.batch_size
         train_state.load_state_dict({"step": step, "samples": samples})
-        window_samples += data.batch_size
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        progress.advance(loss.item(), data.batch_size)
 
         out_of_time = budget.spent()
         last = step == config.run.max_steps or out_of_time
         row: dict[str, float | int] = {}
         if step % config.run.log_every == 0 or last:
-            elapsed = time.perf_counter() - window_start
-            row.update({"loss": losses[-1], "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                        "samples_per_s": window_samples / elapsed if elapsed > 0 else 0.0, "samples": samples})
-            window_start, window_samples = time.perf_counter(), 0
+            row.update({"loss": progress.losses[-1], "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                        "samples_per_s": progress.samples_per_s(), "samples": samples})
         checks_start = time.perf_counter()
         if config.train.eval_every and step % config.train.eval_every == 0 or last:
             row.update({f"val_{k}": v for k, v in round_trip_check(model, val, detector).items()})
@@ -267,7 +260,7 @@ def train(config: CodecConfig) -> CodecResult:
             test = round_trip_check(model, stream("test").take(data.test_images), detector)
             train_state.load_state_dict({"test": test})
             row.update({f"test_{k}": v for k, v in test.items()})
-        window_start += time.perf_counter() - checks_start  # checks are not training time
+        progress.exclude(time.perf_counter() - checks_start)
         if row:
             metrics.log(step, row)
         if config.run.save_every and step % config.run.save_every == 0 or last:
@@ -277,9 +270,9 @@ def train(config: CodecConfig) -> CodecResult:
             break
 
     # ---- export
-    bar.close()
+    progress.close()
     metrics.close()
     codec = model.to("cpu").eval()
     codec.save_pretrained(output_dir / "final")
     logger.info("wrote %s", output_dir / "final")
-    return CodecResult(step=step, losses=losses, test=dict(train_state.values["test"]), codec=codec)
+    return CodecResult(step=step, losses=progress.losses, test=dict(train_state.values["test"]), codec=codec)

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,26 +108,94 @@ def optimizer_step(
 
 
 class TimeBudget:
-    """``run.max_minutes``: whether this invocation's training loop has used its time. Every process
-    learns it in the same step (the first clock past the budget decides), so all stop and save together."""
+    """``run.max_minutes``: whether this process's training loop has used its time. In a multi-process
+    loop pass it to :func:`accumulate_step`, whose all-reduce makes every process learn it in the same step
+    (the first clock past the budget decides), so all stop and save together."""
 
-    def __init__(self, accelerator: Accelerator | None, max_minutes: float) -> None:
-        self.accelerator = accelerator
+    def __init__(self, max_minutes: float) -> None:
         self.seconds = max_minutes * 60.0
         self.start = time.monotonic()
 
     def spent(self) -> bool:
-        if not self.seconds:
-            return False
-        spent = time.monotonic() - self.start > self.seconds
-        if self.accelerator is None or self.accelerator.num_processes == 1:
-            return spent
-        flag = torch.tensor([float(spent)], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item())  # clocks differ: any rank's decides
+        return bool(self.seconds) and time.monotonic() - self.start > self.seconds
 
     def report(self, step: int, max_steps: int) -> None:
         logger.info("time budget of %g min spent at step %d of %d: checkpoint saved; run again to continue",
                     self.seconds / 60.0, step, max_steps)
+
+
+@dataclass
+class StepTotals:
+    """One optimizer step's statistics, summed over its micro-batches and over processes."""
+
+    mean_loss: float
+    samples: int
+    broken: int
+    out_of_time: bool
+
+
+def accumulate_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    batches: Iterator[dict[str, Any]],
+    num_micro_steps: int,
+    loss_of: Callable[[list[Any]], torch.Tensor],
+    budget: TimeBudget,
+) -> StepTotals:
+    """Forward and backward over the micro-batches of one optimizer step (gradients accumulate), then one
+    all-reduce of the step's loss, sample counts and whether any process's time budget is spent.
+
+    A micro-batch whose items all failed to load adds a zero loss, so that this process still joins the
+    gradient all-reduce.
+    """
+    loss_sum, num_samples, num_broken = 0.0, 0, 0
+    for _ in range(num_micro_steps):
+        batch = next(batches)
+        report_broken(batch["broken"])
+        with accelerator.accumulate(model):
+            if batch["items"]:
+                loss = loss_of(batch["items"])
+            else:
+                loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            accelerator.backward(loss)
+        loss_sum += loss.item()
+        num_samples += len(batch["items"])
+        num_broken += len(batch["broken"])
+    loss_total, micro_total, samples, broken, spent = reduce_sum(
+        accelerator, [loss_sum, num_micro_steps, num_samples, num_broken, float(budget.spent())]
+    )
+    return StepTotals(loss_total / micro_total, int(samples), int(broken), spent > 0)
+
+
+class LoopProgress:
+    """A supervised loop's progress bar, the losses of this call, and its throughput window."""
+
+    def __init__(self, start_step: int, max_steps: int, is_main: bool) -> None:
+        self.bar = progress_bar(start_step, max_steps, is_main)
+        self.losses: list[float] = []
+        self._window_start = time.perf_counter()
+        self._window_samples = 0
+
+    def advance(self, loss: float, samples: int) -> None:
+        """Count one optimizer step."""
+        self.losses.append(loss)
+        self._window_samples += samples
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def samples_per_s(self) -> float:
+        """Training samples per second since the last call (or the start); starts a new window."""
+        elapsed = time.perf_counter() - self._window_start
+        rate = self._window_samples / elapsed if elapsed > 0 else 0.0
+        self._window_start, self._window_samples = time.perf_counter(), 0
+        return rate
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` of non-training work (checks, sample grids) out of the throughput."""
+        self._window_start += seconds
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def report_broken(broken: Sequence[BrokenItem]) -> None:

@@ -507,28 +507,16 @@ def train(config: SFTStageConfig) -> SFTResult:
     planner.load_state_dict(data_state.state_dict())
     batches, sampler = start_batches()
     metrics = MetricsLogger(output_dir, accelerator.is_main_process, config.run.use_tensorboard, step)
-    bar = R.progress_bar(step, config.run.max_steps, accelerator.is_main_process)
+    progress = R.LoopProgress(step, config.run.max_steps, accelerator.is_main_process)
 
     # ---- the loop
-    losses: list[float] = []
-    window_start, window_samples = time.perf_counter(), 0
     model.train()
-    budget = R.TimeBudget(accelerator, config.run.max_minutes)
+    budget = R.TimeBudget(config.run.max_minutes)
     while step < config.run.max_steps:
-        loss_sum, num_micro, num_samples, num_broken = 0.0, 0, 0, 0
-        for _ in range(sampler.num_micro_steps):
-            batch = next(batches)
-            R.report_broken(batch["broken"])
-            with accelerator.accumulate(model):
-                if batch["items"]:
-                    loss = flow_matching_loss(model, encoder, codec, batch["items"], step, config, device)
-                else:  # every item broken: a zero loss still takes part in the gradient all-reduce
-                    loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-                accelerator.backward(loss)
-            loss_sum += loss.item()
-            num_micro += 1
-            num_samples += len(batch["items"])
-            num_broken += len(batch["broken"])
+        totals = R.accumulate_step(
+            accelerator, model, batches, sampler.num_micro_steps,
+            lambda items: flow_matching_loss(model, encoder, codec, items, step, config, device), budget,
+        )
         grad_norm = R.optimizer_step(accelerator, model, optimizer, scheduler, config.optim.max_grad_norm)
         if ema is not None:
             ema.update()
@@ -536,40 +524,31 @@ def train(config: SFTStageConfig) -> SFTResult:
 
         # The plan state of the batch just consumed (the loader may have planned further ahead).
         data_state.load_state_dict(sampler.states.popleft())
-        loss_total, micro_total, samples, broken = R.reduce_sum(
-            accelerator, [loss_sum, num_micro, num_samples, num_broken]
-        )
-        mean_loss = loss_total / micro_total
-        losses.append(mean_loss)
         state = train_state.state_dict()
-        train_state.load_state_dict({"step": step, "samples": state["samples"] + int(samples),
-                                     "broken": state["broken"] + int(broken)})
-        window_samples += int(samples)
-        bar.update(1)
-        bar.set_postfix(loss=f"{mean_loss:.4f}")
+        train_state.load_state_dict({"step": step, "samples": state["samples"] + totals.samples,
+                                     "broken": state["broken"] + totals.broken})
+        progress.advance(totals.mean_loss, totals.samples)
 
-        out_of_time = budget.spent()
-        last = step == config.run.max_steps or out_of_time
+        last = step == config.run.max_steps or totals.out_of_time
         if step % config.run.log_every == 0 or last:
-            elapsed = time.perf_counter() - window_start
             metrics.log(step, {
-                "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                "samples_per_s": window_samples / elapsed if elapsed > 0 else 0.0,
-                "samples": train_state.values["samples"],
+                "loss": totals.mean_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                "samples_per_s": progress.samples_per_s(), "samples": train_state.values["samples"],
                 "skipped": train_state.values["broken"] + int(data_state.values["num_skipped"]),
             })
-            window_start, window_samples = time.perf_counter(), 0
         if config.run.save_every and step % config.run.save_every == 0 or last:
             manager.save(step, shared, per_process)
         if config.run.sample_every and step % config.run.sample_every == 0:
+            sampling_start = time.perf_counter()
             save_sample_grid(model, encoder, codec, config, step, device, accelerator.is_main_process)
-        if out_of_time:
+            progress.exclude(time.perf_counter() - sampling_start)
+        if totals.out_of_time:
             budget.report(step, config.run.max_steps)
             break
 
     # ---- cleanup
-    bar.close()
+    progress.close()
     metrics.close()
     final = export_final(accelerator, model, dit, ema, mllm, codec, config, output_dir)
     accelerator.wait_for_everyone()
-    return SFTResult(step=step, losses=losses, transformer=final, model=model, output_dir=output_dir)
+    return SFTResult(step=step, losses=progress.losses, transformer=final, model=model, output_dir=output_dir)
