@@ -135,6 +135,19 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[1][key], grad, rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_deepened_model_computes_the_same_and_its_copies_learn():
+    model = oracle_model()
+    deeper = model.deepened(3)
+    assert deeper.config.num_layers == 3 * model.config.num_layers
+    inputs = _random_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(*inputs).sample, model(*inputs).sample, rtol=1e-5, atol=1e-5)
+    deeper(*inputs).sample.square().mean().backward()
+    assert deeper.layers[1].norm1.linear.weight.grad.abs().sum() > 0  # a copy's closed gates open
+    with pytest.raises(ValueError, match="factor must be >= 1"):
+        model.deepened(0)
+
+
 def test_save_and_load_round_trip(tmp_path):
     model = oracle_model()
     model.save_pretrained(tmp_path)

@@ -69,6 +69,8 @@ def test_recipes_cover_every_stage_and_scale():
         ("train.lora_rank=4", "lora_rank must be 0 for stage 'connector'"),
         ("flow.prompt_dropout=1.5", "flow.prompt_dropout must be in [0, 1)"),
         ("run.max_minutes=-1", "run.max_minutes must be >= 0"),
+        ("model.depth_multiplier=0", "model.depth_multiplier must be >= 1"),
+        ("model.depth_multiplier=2", "depth_multiplier deepens a trained DiT: set transformer"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path, override, message):

@@ -92,6 +92,16 @@ def test_the_trainer_feeds_the_dit_the_layers_it_reads(tmp_path):
     assert ThinkGenPipeline.from_pretrained(tmp_path / layers / "run" / "final").mllm.caption_layers == layers
 
 
+def test_a_stage_can_start_from_a_deepened_dit(tmp_path):
+    first = train(load_recipe(sft_recipe(tmp_path, extra='stage = "dit"'), ["run.max_steps=1", "run.save_every=0"]))
+    recipe = sft_recipe(tmp_path, extra='stage = "dit"', name="deeper.toml")
+    text = recipe.read_text().replace(f"dit = {TINY_DIT}\n", f'transformer = "{tmp_path / "run" / "final" / "transformer"}"'
+                                      "\ndepth_multiplier = 2\n")
+    recipe.write_text(text.replace(f'"{tmp_path / "run"}"', f'"{tmp_path / "deeper"}"'))
+    result = train(load_recipe(recipe, ["run.max_steps=1", "run.save_every=0"]))
+    assert result.transformer.config.num_layers == 2 * first.transformer.config.num_layers
+
+
 def test_killed_run_resumes_exactly(tmp_path):
     """A run killed with SIGKILL right after a checkpoint continues with the same loss at every step."""
     recipe = sft_recipe(tmp_path, extra='stage = "dit"\nema_decay = 0.9', name="a.toml")

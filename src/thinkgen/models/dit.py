@@ -174,6 +174,27 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin):
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
 
+    def deepened(self, factor: int) -> ThinkGenTransformer2DModel:
+        """A copy with ``factor`` times the joint blocks: each block followed by ``factor - 1`` copies of
+        itself whose AdaLN gates are closed, so the new model computes exactly what this one does, and
+        training opens the copies from there (progressive stacking; refiners are unchanged).
+
+        Example:
+            >>> deeper = dit.deepened(2)  # 4 joint blocks -> 8, same outputs
+        """
+        if factor < 1:
+            raise ValueError(f"factor must be >= 1, got {factor}")
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        deeper = type(self)(**{**config, "num_layers": factor * self.config.num_layers})
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("layers.")}
+        for i, block in enumerate(self.layers):
+            for k, v in block.state_dict().items():
+                for copy in range(factor):
+                    closed = copy > 0 and k.startswith("norm1.linear")  # gates, scales: zero → identity
+                    state[f"layers.{factor * i + copy}.{k}"] = torch.zeros_like(v) if closed else v.clone()
+        deeper.load_state_dict(state, strict=True)
+        return deeper.to(device=self.device, dtype=self.dtype)
+
     @staticmethod
     def _attention_mask(key_mask: torch.Tensor) -> torch.Tensor | None:
         """``None`` when no token is padding (checked once per forward, not per block)."""

@@ -263,6 +263,9 @@ class DiTModelConfig:
         mllm_dtype: dtype of the frozen MLLM (``float32``, ``bfloat16``, ``float16``).
         transformer: Folder of a DiT to start from (diffusers ``save_pretrained`` layout, e.g. the
             ``final/transformer`` of the previous stage); empty: a new DiT built from ``dit``.
+        depth_multiplier: Start from ``transformer`` with this many times its joint blocks, the new ones
+            identity copies (``ThinkGenTransformer2DModel.deepened``): more capacity for a DiT that has
+            stopped improving, without losing what it learned. 1: as loaded.
         dit: Constructor arguments of a new ``ThinkGenTransformer2DModel`` (``text_feat_dim`` defaults to
             the MLLM's width, ``in_channels`` to the codec's channels).
         codec: ``pixel`` (identity codec: the DiT denoises pixels) or a folder of a diffusers
@@ -272,6 +275,7 @@ class DiTModelConfig:
     mllm: str = "tiny"
     mllm_dtype: str = "float32"
     transformer: str = ""
+    depth_multiplier: int = 1
     dit: dict[str, Any] = field(default_factory=dict)
     codec: str = "pixel"
 
@@ -281,6 +285,12 @@ class DiTModelConfig:
         _require(
             not (self.transformer and self.dit),
             "dit builds a new DiT and transformer loads one; give only one of them",
+        )
+        _require(self.depth_multiplier >= 1, f"depth_multiplier must be >= 1, got {self.depth_multiplier}")
+        _require(
+            self.depth_multiplier == 1 or bool(self.transformer),
+            "depth_multiplier deepens a trained DiT: set transformer to its folder (a new DiT takes "
+            "dit.num_layers)",
         )
         _require(bool(self.codec), "codec must be 'pixel' or an AutoencoderKL folder")
 

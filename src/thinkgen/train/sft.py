@@ -103,6 +103,8 @@ def build_transformer(config: SFTStageConfig, mllm: ThinkGenMLLM, codec: ImageCo
     model_config = config.model
     if model_config.transformer:
         dit = ThinkGenTransformer2DModel.from_pretrained(model_config.transformer, use_safetensors=True)
+        if model_config.depth_multiplier > 1:
+            dit = dit.deepened(model_config.depth_multiplier)
     else:
         kwargs = {"text_feat_dim": mllm.hidden_size, "in_channels": codec.latent_channels, **model_config.dit}
         try:
