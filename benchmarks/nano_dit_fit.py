@@ -5,7 +5,7 @@ template as in stages 2 and 3, with the input images for edits; the world judge 
 MLLM's thinking plays no part: low scores on the *train* split mean the DiT underfits its own data (more
 capacity or compute is the lever), a gap between train and test means it fails to generalise.
 
-    python benchmarks/nano_dit_fit.py --model nano -n 100
+    python benchmarks/nano_dit_fit.py --model nano -n 100 [--val-samples 50]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from nano_common import val_flow_loss
 from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.world.detect import DetectorConfig, WorldDetector
 from thinkgen.world.scenarios import generate
@@ -27,6 +28,8 @@ parser.add_argument("--scenarios", nargs="+", default=["composition", "text", "e
                     help="scenarios whose answer needs no reasoning to draw")
 parser.add_argument("-n", type=int, default=100, help="prompts per scenario and split")
 parser.add_argument("--batch", type=int, default=4, help="prompts per pipeline call")
+parser.add_argument("--val-samples", type=int, default=0,
+                    help="also print the flow-matching loss on this many val samples per scenario (0: skip)")
 parser.add_argument("--threads", type=int, default=1)
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
@@ -50,4 +53,6 @@ for scenario in args.scenarios:
                 exact += result.correct
                 credit += result.score
         print(f"{scenario:<12} {split:<6} {exact / args.n:>6.2f} {credit / args.n:>7.3f}", flush=True)
+if args.val_samples:
+    print(f"val flow loss {val_flow_loss(pipeline, args.val_samples):.4f} ({args.val_samples} per scenario)")
 print(f"{time.perf_counter() - start:.0f} s")
