@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,7 +11,14 @@ from thinkgen.models.tiny import build_tiny_mllm
 from thinkgen.train.config import load_recipe
 from thinkgen.train.data import WorldSource
 from thinkgen.train.config import SourceConfig
-from thinkgen.train.mllm_sft import IGNORE_INDEX, assistant_target, collate_tokens, encode_sample, train
+from thinkgen.train.mllm_sft import (
+    IGNORE_INDEX,
+    assistant_target,
+    collate_tokens,
+    encode_sample,
+    loader_item,
+    train,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,6 +45,11 @@ def test_encoded_sample_masks_the_prompt_and_carries_images():
     assert num_image_tokens == int(item["image_grid_thw"].prod(dim=1).sum()) // processor.image_processor.merge_size**2
     batch = collate_tokens([item, item], processor.tokenizer.pad_token_id, torch.device("cpu"))
     assert batch["pixel_values"].shape[0] == 2 * item["pixel_values"].shape[0]
+    # What a loader worker hands over (numpy arrays) collates to the same batch.
+    handed_over = loader_item(item)
+    assert all(isinstance(value, np.ndarray) for value in handed_over.values())
+    same = collate_tokens([handed_over, handed_over], processor.tokenizer.pad_token_id, torch.device("cpu"))
+    assert same.keys() == batch.keys() and all(torch.equal(same[k], batch[k]) for k in batch)
 
 
 def test_mllm_stage_trains_resumes_exactly_and_exports(tmp_path):

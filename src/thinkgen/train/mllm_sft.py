@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
@@ -134,10 +135,18 @@ def encode_sample(
     return item
 
 
+def loader_item(item: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """``item`` as numpy arrays, the form a loader worker hands over: a torch tensor would cross to the main
+    process as a shared-memory handle of its own, an array travels inside the pickle
+    (``benchmarks/mllm_sft_input_pipeline.py``)."""
+    return {key: value.numpy() for key, value in item.items()}
+
+
 def collate_tokens(
-    items: list[dict[str, torch.Tensor]], pad_token_id: int, device: torch.device
+    items: list[dict[str, torch.Tensor | np.ndarray]], pad_token_id: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """Right-pad a micro-batch; images of all rows are concatenated in row order, as the model expects."""
+    items = [{key: torch.as_tensor(value) for key, value in item.items()} for item in items]
     length = max(item["input_ids"].shape[0] for item in items)
 
     def pad(key: str, value: int) -> torch.Tensor:
@@ -197,7 +206,7 @@ def train(config: MLLMSFTConfig) -> MLLMSFTResult:
     pad_token_id = processor.tokenizer.pad_token_id
 
     def to_item(record: Record) -> dict[str, Any]:
-        return encode_sample(processor, record, system_prompt, config.train.max_seq_len)
+        return loader_item(encode_sample(processor, record, system_prompt, config.train.max_seq_len))
 
     planner, start_batches = R.make_batches(
         accelerator, config.data, sources, config.run.seed, lambda source, index: "all", to_item, False
