@@ -93,13 +93,19 @@ def test_the_trainer_feeds_the_dit_the_layers_it_reads(tmp_path):
 
 
 def test_a_stage_can_start_from_a_deepened_dit(tmp_path):
-    first = train(load_recipe(sft_recipe(tmp_path, extra='stage = "dit"'), ["run.max_steps=1", "run.save_every=0"]))
-    recipe = sft_recipe(tmp_path, extra='stage = "dit"', name="deeper.toml")
-    text = recipe.read_text().replace(f"dit = {TINY_DIT}\n", f'transformer = "{tmp_path / "run" / "final" / "transformer"}"'
-                                      "\ndepth_multiplier = 2\n")
-    recipe.write_text(text.replace(f'"{tmp_path / "run"}"', f'"{tmp_path / "deeper"}"'))
-    result = train(load_recipe(recipe, ["run.max_steps=1", "run.save_every=0"]))
-    assert result.transformer.config.num_layers == 2 * first.transformer.config.num_layers
+    """The deepened DiT starts where the trained one is: the same first loss on the same batch."""
+    first = train(load_recipe(sft_recipe(tmp_path, extra='stage = "dit"'), ["run.max_steps=2", "run.save_every=0"]))
+    trained = tmp_path / "run" / "final" / "transformer"
+    losses = {}
+    for factor in (1, 2):
+        recipe = sft_recipe(tmp_path, extra='stage = "dit"', name=f"x{factor}.toml")
+        start = f'transformer = "{trained}"\ndepth_multiplier = {factor}\n'
+        text = recipe.read_text().replace(f"dit = {TINY_DIT}\n", start)
+        recipe.write_text(text.replace(f'"{tmp_path / "run"}"', f'"{tmp_path / f"x{factor}"}"'))
+        result = train(load_recipe(recipe, ["run.max_steps=1", "run.save_every=0"]))
+        assert result.transformer.config.num_layers == factor * first.transformer.config.num_layers
+        losses[factor] = result.losses[0]
+    assert losses[2] == pytest.approx(losses[1], rel=1e-5)
 
 
 def test_killed_run_resumes_exactly(tmp_path):
