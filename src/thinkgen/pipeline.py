@@ -36,7 +36,7 @@ from .models.dit import ThinkGenTransformer2DModel
 from .models.mllm import MLLMOutput, ThinkGenMLLM, ThinkingConfig
 from .models.refine import is_match_verdict
 from .models.vae import ImageCodec, load_codec
-from .sampling import GUIDANCE_BATCHING, SHIFT_REFERENCE_SIDE, GuidanceBatching, sample_latents
+from .sampling import SHIFT_REFERENCE_SIDE, GuidanceBatching, check_guidance_batching, sample_latents
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +95,7 @@ class PipelineConfig:
         self.cfg_range = tuple(self.cfg_range)  # JSON gives a list
         if self.time_shift_reference_side <= 0:
             raise ValueError(f"time_shift_reference_side must be > 0, got {self.time_shift_reference_side}")
-        if self.guidance_batching not in GUIDANCE_BATCHING:
-            raise ValueError(
-                f"guidance_batching={self.guidance_batching!r} is not one of {', '.join(GUIDANCE_BATCHING)}"
-            )
+        check_guidance_batching(self.guidance_batching)
         if "{prompt}" not in self.reflection_template:
             raise ValueError("reflection_template must contain '{prompt}'")
 

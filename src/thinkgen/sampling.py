@@ -255,6 +255,12 @@ GuidanceBatching = Literal["by_length", "all", "none"]
 GUIDANCE_BATCHING: tuple[str, ...] = ("by_length", "all", "none")
 
 
+def check_guidance_batching(batching: str) -> None:
+    """Raise ``ValueError`` unless ``batching`` is one of :data:`GUIDANCE_BATCHING`."""
+    if batching not in GUIDANCE_BATCHING:
+        raise ValueError(f"guidance_batching={batching!r} is not one of {', '.join(GUIDANCE_BATCHING)}")
+
+
 def _stack_branches(branches: Sequence[GuidanceBranch]) -> GuidanceBranch:
     """Concatenate branches along the batch: ``(G·B, L, 2D)`` text, ``G·B`` reference entries."""
     batch = branches[0].text_hidden_states.shape[0]
@@ -277,12 +283,11 @@ def _sequence_shape(branch: GuidanceBranch) -> tuple:
 
 def _branch_groups(branches: Sequence[GuidanceBranch], batching: str) -> list[list[int]]:
     """Indices of the branches that share one DiT call."""
+    check_guidance_batching(batching)
     if batching == "none":
         return [[i] for i in range(len(branches))]
     if batching == "all":
         return [list(range(len(branches)))]
-    if batching != "by_length":
-        raise ValueError(f"guidance_batching={batching!r} is not one of {', '.join(GUIDANCE_BATCHING)}")
     groups: dict[tuple, list[int]] = {}
     for i, branch in enumerate(branches):
         groups.setdefault(_sequence_shape(branch), []).append(i)

@@ -185,15 +185,16 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin):
         if factor < 1:
             raise ValueError(f"factor must be >= 1, got {factor}")
         config = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        deeper = type(self)(**{**config, "num_layers": factor * self.config.num_layers})
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith("layers.")}
+        with torch.device("meta"):  # no random init of weights that are overwritten next
+            deeper = type(self)(**{**config, "num_layers": factor * self.config.num_layers})
+        state = {k: v.clone() for k, v in self.state_dict().items() if not k.startswith("layers.")}
         for i, block in enumerate(self.layers):
             for k, v in block.state_dict().items():
                 for copy in range(factor):
                     closed = copy > 0 and k.startswith("norm1.linear")  # gates, scales: zero → identity
                     state[f"layers.{factor * i + copy}.{k}"] = torch.zeros_like(v) if closed else v.clone()
-        deeper.load_state_dict(state, strict=True)
-        return deeper.to(device=self.device, dtype=self.dtype)
+        deeper.load_state_dict(state, strict=True, assign=True)
+        return deeper.train(self.training)
 
     @staticmethod
     def _attention_mask(key_mask: torch.Tensor) -> torch.Tensor | None:
