@@ -95,6 +95,66 @@ def test_save_and_reload_gives_identical_outputs(pipe, tmp_path):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def _stored_dtypes(folder):
+    from safetensors import safe_open
+
+    dtypes = set()
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), "pt") as f:
+            dtypes |= {f.get_slice(k).get_dtype() for k in f.keys()}
+    return dtypes
+
+
+def _weights_bytes(folder):
+    return sum(f.stat().st_size for part in ("transformer", "mllm") for f in (folder / part).glob("*.safetensors"))
+
+
+def test_a_half_precision_folder_is_half_the_size_and_loads_in_float32(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "fp32")
+    pipe.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    assert next(pipe.transformer.parameters()).dtype == torch.float32, "saving must not change the model"
+    assert next(pipe.mllm.model.parameters()).dtype == torch.float32
+    for part in ("transformer", "mllm"):
+        stored = _stored_dtypes(tmp_path / "fp16" / part)
+        assert "F16" in stored and not stored & {"F32", "BF16", "F64"}, stored  # integer buffers stay
+    assert _weights_bytes(tmp_path / "fp16") < 0.55 * _weights_bytes(tmp_path / "fp32")
+
+    half = ThinkGenPipeline.from_pretrained(tmp_path / "fp16")
+    assert {p.dtype for p in half.transformer.parameters()} == {torch.float32}
+    assert {p.dtype for p in half.mllm.model.parameters()} == {torch.float32}
+    # The upcast weights are the float32 ones rounded through float16, so the outputs equal those of the
+    # float32 model with its weights rounded the same way.
+    rounded = ThinkGenPipeline.from_pretrained(tmp_path / "fp32")
+    with torch.no_grad():
+        for p in [*rounded.transformer.parameters(), *rounded.mllm.model.parameters()]:
+            p.copy_(p.half().float())
+    a = half("a red circle", seed=5, output_type="pt")
+    b = rounded("a red circle", seed=5, output_type="pt")
+    torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
+    assert a.instruction == b.instruction
+
+
+def test_a_sharded_dit_folder_reloads_identically(pipe, tmp_path):
+    from thinkgen.pipeline import load_transformer, save_transformer
+
+    save_transformer(pipe.transformer, tmp_path / "dit", max_shard_size="20KB")
+    assert len(list((tmp_path / "dit").glob("*.safetensors"))) > 1
+    assert (tmp_path / "dit" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    loaded = load_transformer(tmp_path / "dit")
+    for name, value in pipe.transformer.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    save_transformer(pipe.transformer, tmp_path / "dit")  # re-saved whole: no stale shards are left
+    assert [f.name for f in (tmp_path / "dit").glob("*.safetensors")] == ["diffusion_pytorch_model.safetensors"]
+    assert not (tmp_path / "dit" / "diffusion_pytorch_model.safetensors.index.json").exists()
+
+
+def test_load_pipeline_names_the_allowed_dtypes():
+    from thinkgen.pipeline import load_pipeline
+
+    with pytest.raises(ValueError, match="float32, bfloat16, float16"):
+        load_pipeline("nano", "cpu", "int8")
+
+
 def test_loading_refuses_missing_or_misshaped_weights(pipe, tmp_path):
     from safetensors.torch import load_file, save_file
 

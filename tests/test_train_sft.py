@@ -108,6 +108,20 @@ def test_a_stage_can_start_from_a_deepened_dit(tmp_path):
     assert losses[2] == pytest.approx(losses[1], rel=1e-5)
 
 
+def test_a_stage_trains_float32_weights_from_a_half_precision_dit(tmp_path):
+    from thinkgen.pipeline import load_transformer, save_transformer
+
+    first = train(load_recipe(sft_recipe(tmp_path, extra='stage = "dit"'), ["run.max_steps=1", "run.save_every=0"]))
+    half = tmp_path / "half"
+    save_transformer(load_transformer(tmp_path / "run" / "final" / "transformer"), half, torch.float16)
+    recipe = sft_recipe(tmp_path, extra='stage = "dit"', name="from_half.toml")
+    text = recipe.read_text().replace(f"dit = {TINY_DIT}\n", f'transformer = "{half}"\n')
+    recipe.write_text(text.replace(f'"{tmp_path / "run"}"', f'"{tmp_path / "from_half"}"'))
+    result = train(load_recipe(recipe, ["run.max_steps=1", "run.save_every=0"]))
+    assert {p.dtype for p in result.transformer.parameters()} == {torch.float32}
+    assert result.transformer.config.num_layers == first.transformer.config.num_layers
+
+
 def test_killed_run_resumes_exactly(tmp_path):
     """A run killed with SIGKILL right after a checkpoint continues with the same loss at every step."""
     recipe = sft_recipe(tmp_path, extra='stage = "dit"\nema_decay = 0.9', name="a.toml")

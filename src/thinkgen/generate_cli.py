@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from . import DTYPES
 from .imageio import save_with_sidecar
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ def _stderr_streamer(tokenizer):
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="nano", help="model folder, or 'nano' for the shipped model (default)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                        help="weight dtype (default: float32; bfloat16 for the full-size model on a GPU)")
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser, think_default: bool = False) -> None:
@@ -87,12 +90,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
-    import torch
+    from .pipeline import load_pipeline
 
-    from .pipeline import ThinkGenPipeline
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return ThinkGenPipeline.from_pretrained(args.model, device=device)
+    return load_pipeline(args.model, args.device, args.dtype)
 
 
 def _call_kwargs(args: argparse.Namespace, pipe, steps_bar: tqdm) -> dict[str, Any]:

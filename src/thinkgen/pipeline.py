@@ -29,8 +29,10 @@ from typing import Any, Literal
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors.torch import load_file, save_file
 
+from . import DTYPES
 from .imageio import load_image, pil_to_tensor, tensor_to_pil
 from .models.dit import ThinkGenTransformer2DModel
 from .models.mllm import MLLMOutput, ThinkGenMLLM, ThinkingConfig
@@ -52,6 +54,8 @@ MAX_REFERENCE_IMAGES = 5
 # Models that ship inside the package, by name.
 SHIPPED_MODELS: dict[str, Path] = {"nano": Path(__file__).parent / "assets" / "thinkgen-nano"}
 Think = bool | Literal["auto"]
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
+DIT_WEIGHTS = "diffusion_pytorch_model.safetensors"
 ImageInput = Image.Image | str | Path
 
 
@@ -161,14 +165,15 @@ def load_transformer(path: str | Path, torch_dtype: torch.dtype | None = None) -
     """Load a DiT folder strictly: every weight present and of the right shape, nothing extra.
 
     The model is built on the meta device and the weights are assigned, so a 4B model never exists twice.
+    ``torch_dtype`` casts the floating-point weights (``None``: as stored).
     """
     path = Path(path)
     config = ThinkGenTransformer2DModel.load_config(path)
-    index = path / "diffusion_pytorch_model.safetensors.index.json"
+    index = path / f"{DIT_WEIGHTS}.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     else:
-        files = ["diffusion_pytorch_model.safetensors"]
+        files = [DIT_WEIGHTS]
     state: dict[str, torch.Tensor] = {}
     for name in files:
         if not (path / name).is_file():
@@ -192,6 +197,33 @@ def load_transformer(path: str | Path, torch_dtype: torch.dtype | None = None) -
     return model.eval()
 
 
+def save_transformer(
+    model: ThinkGenTransformer2DModel, path: str | Path, dtype: torch.dtype | None = None,
+    max_shard_size: str = "10GB",
+) -> None:
+    """Write the DiT folder :func:`load_transformer` reads: ``config.json`` and safetensors shards (with an
+    index when there are several), floating-point weights cast to ``dtype`` (``None``: as they are). The
+    model itself is not changed."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_config(path)
+    state = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    split = split_torch_state_dict_into_shards(
+        state, filename_pattern=DIT_WEIGHTS.replace(".safetensors", "{suffix}.safetensors"),
+        max_shard_size=max_shard_size,
+    )
+    for old in [*path.glob("diffusion_pytorch_model*.safetensors"), path / f"{DIT_WEIGHTS}.index.json"]:
+        old.unlink(missing_ok=True)  # a re-save with another sharding must not leave stale shards behind
+    for filename, keys in split.filename_to_tensors.items():
+        save_file({k: state[k] for k in keys}, path / filename, metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (path / f"{DIT_WEIGHTS}.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
 def resolve_model_path(name_or_path: str | Path) -> Path:
     """A shipped model's name (see :data:`SHIPPED_MODELS`) or a model folder → the folder, checked."""
     if str(name_or_path) in SHIPPED_MODELS:
@@ -207,6 +239,15 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
             f"{path} is not a ThinkGen model folder (no {MODEL_INDEX}); shipped models: {', '.join(SHIPPED_MODELS)}"
         )
     return path
+
+
+def load_pipeline(model: str | Path = "nano", device: str | None = None, dtype: str = "float32") -> ThinkGenPipeline:
+    """The command lines' loader: ``model`` (a shipped model's name or a folder) on ``device`` (default: cuda if
+    available, else cpu), its weights in ``dtype`` (a name of :data:`TORCH_DTYPES`)."""
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not allowed; allowed: {', '.join(TORCH_DTYPES)}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return ThinkGenPipeline.from_pretrained(model, torch_dtype=TORCH_DTYPES[dtype], device=device)
 
 
 class ThinkGenPipeline:
@@ -246,10 +287,14 @@ class ThinkGenPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None
+        cls, path: str | Path, torch_dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
     ) -> ThinkGenPipeline:
         """Load a pipeline folder (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``, ``mllm/``,
-        ``processor/``): the released ThinkGen layout and ours. Every part must be there and complete."""
+        ``processor/``): the released ThinkGen layout and ours. Every part must be there and complete.
+
+        The weights are loaded in ``torch_dtype`` whatever they are stored in: float32 by default (half-
+        precision folders are upcast); pass ``torch.bfloat16`` to run the full-size model on a GPU.
+        """
         path = resolve_model_path(path)
         for part in ("transformer", "vae", "mllm", "processor"):
             if not (path / part).is_dir():
@@ -265,13 +310,19 @@ class ThinkGenPipeline:
                 codec.vae.to(device)
         return cls(mllm, transformer, codec, config)
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write the pipeline folder that :meth:`from_pretrained` reads, weights as safetensors."""
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write the pipeline folder that :meth:`from_pretrained` reads, weights as safetensors.
+
+        ``dtype`` stores the DiT's and the MLLM's floating-point weights in that dtype (``torch.float16``
+        halves a float32 folder); ``None`` keeps them as they are. The codec keeps its own dtype: it is
+        small, and VAE decoders are the part most sensitive to half precision. The models in memory are
+        not changed.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.transformer.save_pretrained(path / "transformer", safe_serialization=True)
+        save_transformer(self.transformer, path / "transformer", dtype)
         self.codec.save_pretrained(path / "vae")
-        self.mllm.save_pretrained(path / "mllm", path / "processor")
+        self.mllm.save_pretrained(path / "mllm", path / "processor", dtype=dtype)
         (path / "scheduler").mkdir(exist_ok=True)
         (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
         index = {

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import DTYPES
 from .runner import (
     MODES,
     EvalIncomplete,
@@ -225,6 +226,8 @@ def _benchmarks() -> dict[str, Benchmark]:
 def _add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="nano", help="model folder, or 'nano' for the shipped model (default)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="weight dtype (default: float32; bfloat16 for the full-size model on a GPU)")
     p.add_argument("--out", type=Path, required=True, help="run folder (created; an existing run is resumed)")
     modes = p.add_mutually_exclusive_group()
     modes.add_argument("--think", dest="modes", action="store_const", const=("think",), help="thinking only")
@@ -284,12 +287,9 @@ def _pipeline_loader(args: argparse.Namespace) -> Callable[[], Any]:
 
     def load() -> Any:
         if not cache:
-            import torch
+            from ..pipeline import load_pipeline
 
-            from ..pipeline import ThinkGenPipeline
-
-            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            cache.append(ThinkGenPipeline.from_pretrained(args.model, device=device))
+            cache.append(load_pipeline(args.model, args.device, args.dtype))
         return cache[0]
 
     return load

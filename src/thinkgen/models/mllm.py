@@ -351,10 +351,17 @@ class ThinkGenMLLM:
         return cls(model.eval(), processor, **kwargs)
 
     def save_pretrained(
-        self, directory: str | os.PathLike, processor_directory: str | os.PathLike | None = None
+        self,
+        directory: str | os.PathLike,
+        processor_directory: str | os.PathLike | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        """Save the MLLM to `directory` and its processor to `processor_directory` (default: the same)."""
-        self.model.save_pretrained(directory)
+        """Save the MLLM to `directory` and its processor to `processor_directory` (default: the same);
+        `dtype` stores the floating-point weights in that dtype (the model in memory is not changed)."""
+        state = None
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.model.state_dict().items()}
+        self.model.save_pretrained(directory, state_dict=state)
         self.processor.save_pretrained(processor_directory or directory)
 
     @property

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel
 
 from thinkgen.imageio import load_image
 from thinkgen.models.mllm import ThinkingConfig
-from thinkgen.pipeline import ThinkGenPipeline
+from thinkgen.pipeline import TORCH_DTYPES, ThinkGenPipeline
 from thinkgen.rewards.models import build_reward_models
 from thinkgen.rewards.registry import WeightedReward, build_rewards, combine_rewards
 from thinkgen.rl.config import DEFAULT_REWARD_KEY, PromptConfig, RLEvalConfig, RLModelConfig, RolloutSampleConfig
@@ -39,7 +39,6 @@ from thinkgen.world.scene import Spec, get_preset
 
 logger = logging.getLogger(__name__)
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # A DiT for `pipeline = "tiny"` when the recipe gives no [model].tiny_dit: 32x32 pixels, patch 4.
 TINY_DIT_DEFAULTS: dict[str, Any] = {
     "patch_size": 4, "hidden_size": 48, "num_layers": 1, "num_refiner_layers": 1, "num_attention_heads": 2,

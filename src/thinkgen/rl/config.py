@@ -26,8 +26,8 @@ from typing import Any
 
 from thinkgen.rewards.models import build_reward_models
 from thinkgen.rewards.registry import build_rewards
+from thinkgen import DTYPES
 from thinkgen.train.config import (
-    DTYPES,
     MIXED_PRECISIONS,
     DistributedConfig,
     OptimConfig,

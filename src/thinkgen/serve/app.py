@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..pipeline import ThinkGenPipeline
+from ..pipeline import ThinkGenPipeline, load_pipeline
 from .metrics import ServeMetrics
 from .middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
 from .routes import images, system
@@ -35,13 +35,10 @@ logger = logging.getLogger(__name__)
 PipelineLoader = Callable[[ServeSettings], ThinkGenPipeline]
 
 
-def load_pipeline(settings: ServeSettings) -> ThinkGenPipeline:
-    """Load ``settings.model`` on ``settings.device`` (default: cuda if available, else cpu)."""
-    import torch
-
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    logger.info("loading %s on %s", settings.model, device)
-    return ThinkGenPipeline.from_pretrained(settings.model, device=device)
+def load_served_pipeline(settings: ServeSettings) -> ThinkGenPipeline:
+    """Load ``settings.model`` on ``settings.device`` (default: cuda if available, else cpu) in ``settings.dtype``."""
+    logger.info("loading %s (%s)", settings.model, settings.dtype)
+    return load_pipeline(settings.model, settings.device, settings.dtype)
 
 
 def _error_response(error: ServeError) -> JSONResponse:
@@ -86,7 +83,7 @@ async def _on_unexpected_error(request: Request, error: Exception) -> JSONRespon
     return _error_response(ServeError(500, "internal server error", type="server_error"))
 
 
-def create_app(settings: ServeSettings, pipeline_loader: PipelineLoader = load_pipeline) -> FastAPI:
+def create_app(settings: ServeSettings, pipeline_loader: PipelineLoader = load_served_pipeline) -> FastAPI:
     """Build the image server.
 
     Args:

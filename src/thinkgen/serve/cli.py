@@ -7,6 +7,8 @@ import ipaddress
 import logging
 import os
 
+from .. import DTYPES
+
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "THINKGEN_API_KEY"
@@ -41,6 +43,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=fields["model"].default,
                    help="model folder, or 'nano' for the shipped model (default)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default=fields["dtype"].default, choices=DTYPES,
+                   help="weight dtype (default: float32; bfloat16 for the full-size model on a GPU)")
     p.add_argument("--host", default=fields["host"].default,
                    help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=fields["port"].default, help="port (default: %(default)s)")
@@ -78,7 +82,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     # Read here rather than as the flag's default, so `--help` never prints the key.
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     settings = ServeSettings(
-        model=args.model, device=args.device, host=args.host, port=args.port, api_key=api_key,
+        model=args.model, device=args.device, dtype=args.dtype, host=args.host, port=args.port, api_key=api_key,
         max_body_bytes=int(args.max_body_mb * MIB), **{name: getattr(args, name) for _, name, _, _ in LIMIT_FLAGS},
     )
     if not _is_loopback(settings.host) and settings.api_key is None:

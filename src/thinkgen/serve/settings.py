@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
@@ -11,6 +13,7 @@ class ServeSettings(BaseModel):
     Attributes:
         model: model folder, or the name of a shipped model.
         device: torch device for the model (None: cuda if available, else cpu).
+        dtype: weight dtype (``bfloat16`` for the full-size model on a GPU).
         host, port: where uvicorn listens. Loopback by default so nothing is exposed by accident.
         api_key: when set, every endpoint but ``/health`` (and the static page) needs
             ``Authorization: Bearer <api_key>``.
@@ -32,6 +35,7 @@ class ServeSettings(BaseModel):
 
     model: str = "nano"
     device: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: SecretStr | None = None

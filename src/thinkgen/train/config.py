@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thinkgen import DTYPES
 from thinkgen.world.scenarios import resolve_scenarios
 from thinkgen.world.scene import get_preset
 from thinkgen.world.splits import check_split
@@ -45,7 +46,6 @@ MIXED_PRECISIONS = ("no", "bf16", "fp16")
 STRATEGIES = ("auto", "fsdp")
 SOURCE_KINDS = ("world", "jsonl")
 PROMPT_FIELDS = ("answer", "instruction")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 class RecipeError(ValueError):

@@ -48,7 +48,7 @@ from thinkgen.imageio import pil_to_tensor, save_with_sidecar, tensor_to_pil
 from thinkgen.models.dit import ThinkGenTransformer2DModel
 from thinkgen.models.mllm import ThinkGenMLLM
 from thinkgen.models.vae import ImageCodec, PixelCodec, load_codec
-from thinkgen.pipeline import PipelineConfig, ThinkGenPipeline
+from thinkgen.pipeline import TORCH_DTYPES, PipelineConfig, ThinkGenPipeline, load_transformer
 from thinkgen.sampling import sample_latents, time_shift_factor
 from thinkgen.train import run as R
 from thinkgen.train.checkpoint import RNGState, ValueState
@@ -60,7 +60,6 @@ from thinkgen.train.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -102,7 +101,8 @@ def build_transformer(config: SFTStageConfig, mllm: ThinkGenMLLM, codec: ImageCo
     """Load the recipe's DiT, or make a new one (seeded by ``set_seed``), and check it fits MLLM and codec."""
     model_config = config.model
     if model_config.transformer:
-        dit = ThinkGenTransformer2DModel.from_pretrained(model_config.transformer, use_safetensors=True)
+        # float32 master weights, whatever the folder stores (a shipped model may be half precision)
+        dit = load_transformer(model_config.transformer, torch.float32)
         if model_config.depth_multiplier > 1:
             dit = dit.deepened(model_config.depth_multiplier)
     else:
