@@ -3,9 +3,11 @@
 The DiT draws from the world's answer (the instruction the MLLM should write), through the no-think
 template as in stages 2 and 3, with the input images for edits; the world judge scores each image. So the
 MLLM's thinking plays no part: low scores on the *train* split mean the DiT underfits its own data (more
-capacity or compute is the lever), a gap between train and test means it fails to generalise.
+capacity or compute is the lever), a gap between train and test means it fails to generalise. With
+``--swap-samples``, it also measures which words of the instruction the DiT reads at all
+(:func:`nano_common.swap_sensitivity`).
 
-    python benchmarks/nano_dit_fit.py --model nano -n 100 [--val-samples 50]
+    python benchmarks/nano_dit_fit.py --model nano -n 100 [--val-samples 50] [--swap-samples 60]
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 
 import torch
 
-from nano_common import val_flow_loss
+from nano_common import swap_sensitivity, val_flow_loss
 from thinkgen.pipeline import ThinkGenPipeline
 from thinkgen.world.detect import DetectorConfig, WorldDetector
 from thinkgen.world.scenarios import generate
@@ -24,12 +26,15 @@ from thinkgen.world.score import score_spec
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--model", default="nano", help="pipeline folder, or 'nano' for the shipped model")
-parser.add_argument("--scenarios", nargs="+", default=["composition", "text", "edit"],
+parser.add_argument("--scenarios", nargs="*", default=["composition", "text", "edit"],
                     help="scenarios whose answer needs no reasoning to draw")
 parser.add_argument("-n", type=int, default=100, help="prompts per scenario and split")
 parser.add_argument("--batch", type=int, default=4, help="prompts per pipeline call")
 parser.add_argument("--val-samples", type=int, default=0,
                     help="also print the flow-matching loss on this many val samples per scenario (0: skip)")
+parser.add_argument("--swap-samples", type=int, default=0,
+                    help="also print how much the loss rises when a word, colour, shape or count of the instruction "
+                         "is swapped, over this many val samples per kind (0: skip)")
 parser.add_argument("--threads", type=int, default=1)
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
@@ -55,4 +60,8 @@ for scenario in args.scenarios:
         print(f"{scenario:<12} {split:<6} {exact / args.n:>6.2f} {credit / args.n:>7.3f}", flush=True)
 if args.val_samples:
     print(f"val flow loss {val_flow_loss(pipeline, args.val_samples):.4f} ({args.val_samples} per scenario)")
+if args.swap_samples:
+    ratios = swap_sensitivity(pipeline, args.swap_samples)
+    print("loss with a swapped word / true loss (1.00: ignored): "
+          + ", ".join(f"{kind} {ratio:.3f}" for kind, ratio in ratios.items()))
 print(f"{time.perf_counter() - start:.0f} s")
