@@ -3,6 +3,8 @@ prompt, and draws what it is asked (held-out prompts, fixed seeds, scored by the
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from PIL import Image
 
@@ -23,6 +25,12 @@ def test_shipped_model_is_small_and_safetensors_only():
     assert sum(p.stat().st_size for p in files) < 20 * 2**20
     assert {p.suffix for p in files} & {".bin", ".pt", ".pth", ".pkl", ".ckpt"} == set()
     assert {p.parent.name for p in files if p.suffix == ".safetensors"} == {"transformer", "vae", "mllm"}
+
+
+def test_a_resaved_model_names_no_folder_it_was_loaded_from(nano, tmp_path):
+    nano.save_pretrained(tmp_path / "copy")
+    for config in [*(tmp_path / "copy").glob("*/config.json"), *SHIPPED.glob("*/config.json")]:
+        assert "_name_or_path" not in json.loads(config.read_text()), f"{config} names a folder of one machine"
 
 
 def test_generate_needs_nothing_but_the_prompt(tmp_path, monkeypatch):

@@ -335,6 +335,11 @@ class ThinkGenPipeline:
             "thinkgen": dataclasses.asdict(self.config),
         }
         (path / MODEL_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        # diffusers records the folder a part was loaded from; that is a fact of this machine, not of the model.
+        for config_file in path.glob("*/config.json"):
+            config = json.loads(config_file.read_text())
+            if config.pop("_name_or_path", None) is not None:
+                config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @property
     def device(self) -> torch.device:
