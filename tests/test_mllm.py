@@ -155,6 +155,19 @@ def test_capture_equals_full_forward_for_every_fed_position(mllm, red_image):
     torch.testing.assert_close(captured[valid], reference[:, :-1][valid], atol=ATOL, rtol=1e-4)
 
 
+def test_capture_of_the_last_layer_alone_keeps_half_the_states(mllm):
+    inputs = prompt_inputs(mllm, ["draw a red circle"], [[]])
+    kept = {}
+    for both in (True, False):
+        with ConditioningCapture(mllm.model, keep_second_to_last=both) as capture:
+            mllm.model(**inputs, use_cache=False)
+        kept[both] = (capture.num_bytes, capture.states(1))
+    width = mllm.hidden_size
+    assert kept[False][0] * 2 == kept[True][0]
+    assert torch.equal(kept[False][1][..., width:], kept[True][1][..., width:])
+    assert not kept[False][1][..., :width].any()
+
+
 def test_think_instruction_states_equal_full_forward_and_calls_are_counted(mllm, red_image):
     prompts, images = ["draw a red circle", "two blue stars above a square"], [[red_image], []]
     calls = []

@@ -24,9 +24,14 @@ class ConditioningCapture:
         model (`Qwen3VLForConditionalGeneration`): the MLLM.
         keep_prefill (`bool`, defaults to True): store the prefill call's states; think mode drops them since
             its span lies entirely in the generated tokens.
+        keep_second_to_last (`bool`, defaults to True): store ``hidden_states[-2]``; a DiT that reads the
+            embeddings in its place (``caption_layers="embedding_and_last"``) needs only the last layer, and
+            :meth:`states` then holds zeros in the first half.
     """
 
-    def __init__(self, model: Qwen3VLForConditionalGeneration, keep_prefill: bool = True) -> None:
+    def __init__(
+        self, model: Qwen3VLForConditionalGeneration, keep_prefill: bool = True, keep_second_to_last: bool = True
+    ) -> None:
         language_model = model.model.language_model
         num_layers = len(language_model.layers)
         if num_layers < 2:
@@ -37,6 +42,7 @@ class ConditioningCapture:
         self._dtype = model.dtype
         self._device = model.device
         self.keep_prefill = keep_prefill
+        self.keep_second_to_last = keep_second_to_last
         self.num_forward_calls = 0
         self._second_to_last: list[torch.Tensor] = []
         self._last: list[torch.Tensor] = []
@@ -56,10 +62,9 @@ class ConditioningCapture:
         self.num_forward_calls += 1
 
     def __enter__(self) -> ConditioningCapture:
-        self._handles = [
-            self._second_to_last_layer.register_forward_hook(self._on_second_to_last),
-            self._final_norm.register_forward_hook(self._on_final_norm),
-        ]
+        self._handles = [self._final_norm.register_forward_hook(self._on_final_norm)]
+        if self.keep_second_to_last:
+            self._handles.append(self._second_to_last_layer.register_forward_hook(self._on_second_to_last))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -76,4 +81,7 @@ class ConditioningCapture:
         """The captured conditioning states, concatenated over calls: `(B, T_captured, 2*D)`."""
         if not self._last:
             return torch.zeros(batch_size, 0, self._width, dtype=self._dtype, device=self._device)
-        return conditioning_states(torch.cat(self._second_to_last, dim=1), torch.cat(self._last, dim=1))
+        last = torch.cat(self._last, dim=1)
+        if not self.keep_second_to_last:
+            return torch.cat([torch.zeros_like(last), last], dim=-1)
+        return conditioning_states(torch.cat(self._second_to_last, dim=1), last)

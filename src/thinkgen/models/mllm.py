@@ -529,6 +529,12 @@ class ThinkGenMLLM:
             )
         return self._encode_no_think(prompts, texts, images_per_row)
 
+    @property
+    def _reads_second_to_last(self) -> bool:
+        """Whether the DiT reads ``hidden_states[-2]``; under ``"last"`` and ``"embedding_and_last"`` the capture
+        need not keep it (the DiT masks that half, or the embeddings replace it)."""
+        return self.caption_layers == "last_two"
+
     def _caption_states(self, refined: RefinedInstruction) -> torch.Tensor:
         """The instruction states in the layout the DiT reads (:attr:`caption_layers`)."""
         states = refined.instruction_states
@@ -546,7 +552,9 @@ class ThinkGenMLLM:
         # Right padding: the model's default positions (arange for text, M-RoPE from the mask for images)
         # are then exact for every real token.
         inputs = self._processor_inputs(texts, images, padding_side="right")
-        with ConditioningCapture(self.model, keep_prefill=True) as capture:
+        with ConditioningCapture(
+            self.model, keep_prefill=True, keep_second_to_last=self._reads_second_to_last
+        ) as capture:
             self.model(**inputs, use_cache=False, logits_to_keep=1)
         states = capture.states(len(texts))
         refined = vgi_refine(
@@ -584,7 +592,9 @@ class ThinkGenMLLM:
         cache = None
         if num_samples > 1:
             inputs, cache = self._shared_prefill(inputs, num_samples)
-        with ConditioningCapture(self.model, keep_prefill=False) as capture:
+        with ConditioningCapture(
+            self.model, keep_prefill=False, keep_second_to_last=self._reads_second_to_last
+        ) as capture:
             sequences = self._generate(inputs, thinking, logits_processor, streamer, cache)
         generated_ids = sequences[:, prompt_length:]  # (B·G, n)
         # Token i of the generation is fed (and gets its states) at decoding step i + 1; the last one never is.
