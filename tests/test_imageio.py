@@ -17,6 +17,28 @@ def test_load_rejects_images_over_the_pixel_limit_before_decoding(tmp_path):
     assert load_image(path).size == (300, 300)
 
 
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels and holds none: what a decompression bomb shows first."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_load_refuses_decompression_bombs_of_any_size(tmp_path):
+    for side in (5000, 20000):  # under and over twice PIL's own limit, where PIL raises before we see the size
+        path = tmp_path / f"bomb_{side}.png"
+        path.write_bytes(_png_header_only(side, side))
+        with pytest.raises(ValueError, match=f"bomb_{side}.png.*the limit is 16777216"):
+            load_image(path)
+        with pytest.raises(ValueError, match="image bytes"):
+            load_image(path.read_bytes())
+
+
 def test_load_names_unreadable_and_missing_files(tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")

@@ -356,6 +356,21 @@ def test_refine_without_think_end_errors_or_falls_back_explicitly():
 # ---- saving and loading ----------------------------------------------------------------------------------
 
 
+def test_a_folder_with_pickled_weights_only_is_refused_unread(saved_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(saved_dir, folder)
+    for weights in folder.glob("*.safetensors"):
+        torch.save(load_file(weights), folder / "pytorch_model.bin")  # what an old checkpoint looks like
+        weights.unlink()
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a pickle was read"))
+    with pytest.raises(FileNotFoundError, match="only safetensors are loaded"):
+        ThinkGenMLLM.from_pretrained(folder)
+
+
 def test_save_load_roundtrip(saved_dir, mllm, red_image):
     loaded = ThinkGenMLLM.from_pretrained(saved_dir)
     reference = mllm.model.state_dict()

@@ -38,6 +38,20 @@ def test_same_seed_same_images_and_text(pipe):
     assert a.token_counts["forward_calls"] == a.token_counts["generated"]
 
 
+def test_the_negative_prompt_goes_through_the_no_think_template_and_steers_the_image(pipe):
+    states, mask = pipe.encode_negative("blurry, deformed", batch=2)
+    alone = pipe.mllm.encode_prompt(["blurry, deformed"], think=False)
+    assert states.shape[0] == 2 and torch.equal(states[1], alone.instruction_states[0])
+    assert torch.equal(mask[0], alone.instruction_mask[0])
+    images = {
+        negative: pipe("a red circle", seed=3, guidance_scale=4.0, negative_prompt=negative, output_type="pt").images
+        for negative in ("blurry", "three green stars")
+    }
+    assert not torch.equal(images["blurry"], images["three green stars"])
+    default = pipe("a red circle", seed=3, guidance_scale=4.0, output_type="pt").images
+    torch.testing.assert_close(default, images["blurry"], rtol=0, atol=0)  # the fixture's config says "blurry"
+
+
 def test_editing_keeps_the_input_size_and_uses_the_image(pipe):
     red = Image.new("RGB", (24, 16), (255, 0, 0))
     blue = Image.new("RGB", (24, 16), (0, 0, 255))
@@ -228,6 +242,16 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path, capsys):
     assert main(["generate", "a red circle", "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "not a ThinkGen model folder" in err and "Traceback" not in err
+    # Input errors are named before the model is loaded: the model folder here does not even exist.
+    missing_model = str(tmp_path / "no_model")
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    for argv, message in (
+        (["generate", "  "], "the prompt is empty"),
+        (["edit", *[str(tmp_path / "in.png")] * 6, "recolour it"], "6 input images given; at most 5"),
+        (["edit", str(tmp_path / "gone.png"), "recolour it"], "gone.png"),
+    ):
+        assert main([*argv, "--model", missing_model]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_lora_adapter_loads_into_the_dit_and_changes_the_output(tmp_path):

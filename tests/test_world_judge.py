@@ -281,6 +281,12 @@ def test_judge_command(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["correct"] and len(out["clauses"]) == 5
     assert main(["world", "judge", str(image_path), "--spec", "{not json"]) == 2
+    # A spec no image of the world can satisfy is refused before any detection, naming the numbers.
+    crowd = json.dumps({"tag": "counting", "include": [{"class": "star", "count": 40}]})
+    assert main(["world", "judge", str(image_path), "--spec", crowd, "--preset", "nano"]) == 2
+    assert "ask for 40 objects; a canvas of the nano world holds at most 9" in capsys.readouterr().err
+    assert main(["world", "judge", str(image_path), "--spec", crowd.replace("40", "300")]) == 2
+    assert "ask for 300 objects" in capsys.readouterr().err
 
 
 def test_world_sample_judge_scores_every_scenario(tmp_path):

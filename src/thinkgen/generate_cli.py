@@ -90,8 +90,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from .pipeline import load_pipeline
+    """Check what can be checked without the model (a full-size model takes minutes to load), then load it."""
+    from .imageio import load_image
+    from .pipeline import MAX_REFERENCE_IMAGES, load_pipeline
 
+    text = getattr(args, "prompt", None) or getattr(args, "question", None)
+    if text is not None and not text.strip():
+        raise ValueError("the prompt is empty; say what to draw")
+    images = getattr(args, "image", None) or []
+    if len(images) > MAX_REFERENCE_IMAGES:
+        raise ValueError(f"{len(images)} input images given; at most {MAX_REFERENCE_IMAGES} are allowed")
+    for path in images:
+        load_image(path)  # unreadable, missing or oversized files are named here
     return load_pipeline(args.model, args.device, args.dtype)
 
 

@@ -35,6 +35,9 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_I
             raise FileNotFoundError(f"image file not found: {source}")
         try:
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        except Image.DecompressionBombError as err:
+            # PIL refuses headers past twice its own limit before we see the size: the same refusal, in our terms.
+            raise ValueError(f"{name} is too large ({err}); the limit is {max_pixels} pixels") from err
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"cannot read {name} as an image ({err}); allowed: PNG, JPEG, WebP, BMP") from err
     # Checked on the header, before any pixel is decoded.

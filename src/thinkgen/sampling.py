@@ -19,8 +19,11 @@ Guidance (DESIGN.md, "CFG"): ``c`` = prompt + reference images, ``r`` = negative
 A scale of 1 or below switches its guidance off, as in the released sampler, with one difference: for
 image guidance without text guidance (s_i > 1, s_t ≤ 1) the released sampler skips guidance altogether,
 while here the text-and-image formula runs with the given s_t, so the image guidance the caller asked
-for still applies. Unlike the released sampler, which evaluates one DiT call per branch, all branches of
-a step go through the DiT as one batch.
+for still applies. Unlike the released sampler, which evaluates one DiT call per branch, branches share DiT
+calls (``guidance_batching``): by default the branches of one sequence length go through the DiT as one
+batch (text guidance: one call per step; an edit's reference-free branch, shorter, gets its own call
+rather than padding to the others' length); ``"all"`` stacks every branch into one call, ``"none"`` runs
+the released loop.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -336,8 +337,10 @@ class ThinkGenMLLM:
 
         Extra keyword arguments go to :class:`ThinkGenMLLM` (``max_image_pixels``, ``system_prompt``).
         """
+        if not any(Path(directory).glob("*.safetensors")):
+            raise FileNotFoundError(f"no safetensors weights in {directory}; only safetensors are loaded (never pickles)")
         model, info = Qwen3VLForConditionalGeneration.from_pretrained(
-            directory, dtype=torch_dtype, output_loading_info=True
+            directory, dtype=torch_dtype, output_loading_info=True, use_safetensors=True
         )
         # transformers initialises missing weights at random and only warns; a half-loaded MLLM is an error here.
         problems = {k: v for k, v in info.items() if k != "error_msgs" and v} | (

@@ -126,13 +126,15 @@ def _run_judge(args: argparse.Namespace) -> int:
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"--spec is neither a JSON file nor a valid spec as JSON ({err})") from err
     spec.check_vocabulary()
-    image = load_image(args.image)
-    # 2. Detect (reading words only if the spec asks for any) and score.
     read_words = bool(spec.texts or spec.exclude_texts)
     if args.preset is None:
         config = DetectorConfig(read_words=read_words)
+        spec.check_fits(config.max_objects(), "an image, for the judge (objects of at least its min_object_size)")
     else:
-        config = DetectorConfig.for_world(get_preset(args.preset), read_words=read_words)
-    result = score_spec(image, spec, WorldDetector(config))
+        world = get_preset(args.preset)
+        config = DetectorConfig.for_world(world, read_words=read_words)
+        spec.check_fits(world.capacity(), f"a canvas of the {args.preset} world")
+    # 2. Detect (reading words only if the spec asks for any) and score.
+    result = score_spec(load_image(args.image), spec, WorldDetector(config))
     print(json.dumps(result.to_dict(), indent=2))
     return 0

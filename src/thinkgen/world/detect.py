@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Union
 
@@ -157,6 +158,10 @@ class DetectorConfig:
             **overrides: any other :class:`DetectorConfig` field.
         """
         return cls(**{"min_object_size": 0.75 * world.object_size[0], **overrides})
+
+    def max_objects(self) -> int:
+        """The most objects this detector can find in one image: boxes of ``min_object_size`` side by side."""
+        return math.floor(1.0 / self.min_object_size) ** 2
 
 
 @functools.lru_cache(maxsize=1)

@@ -288,6 +288,13 @@ class Spec:
                             f"position in {where} refers to include[{clause.position[1]}], which does not exist"
                         )
 
+    def check_fits(self, capacity: int, holder: str) -> None:
+        """Raise ``ValueError`` when the include clauses ask for more objects than ``holder`` (say, "a canvas
+        of the nano world") holds: ``capacity``."""
+        needed = sum(clause.count for clause in self.include)
+        if needed > capacity:
+            raise ValueError(f"the spec's include clauses ask for {needed} objects; {holder} holds at most {capacity}")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "tag": self.tag,
