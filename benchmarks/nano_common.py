@@ -127,17 +127,24 @@ def _swapped_answer(kind: str, answer: str, world: WorldConfig, rng: random.Rand
         return _swap_one(answer, rf"\b({'|'.join(world.colours)})\b", world.colours, rng)
     if kind == "shape":
         return _swap_one(answer, rf"\b({'|'.join(world.shapes)})s?\b", world.shapes, rng)
+    if kind == "relation":
+        relations = ("to the left of", "to the right of", "above", "below")
+        return _swap_one(answer, rf"({'|'.join(relations)})", relations, rng)
     plural_counts = ("two", "three", "four")  # kind == "count": a plural count for another, the noun unchanged
     return _swap_one(answer, rf"\b({'|'.join(plural_counts)})\b", plural_counts, rng)
 
 
-SWAP_KINDS = {"word": "text", "colour": "composition", "shape": "composition", "count": "composition"}
+SWAP_KINDS = {
+    "word": "text", "colour": "composition", "shape": "composition", "count": "composition",
+    "relation": "composition",
+}
 
 
 def swap_sensitivity(pipeline: ThinkGenPipeline, samples_per_kind: int, seed: int = 0) -> dict[str, float]:
     """Does the DiT read each kind of content word? For each kind of :data:`SWAP_KINDS`, the ratio of the
     flow loss (:func:`sample_flow_loss`, val split) with one such word of the instruction swapped for another
-    of its kind (a quoted word for one of the same length, a colour, a shape, a plural count) to the loss
+    of its kind (a quoted word for one of the same length, a colour, a shape, a plural count, a spatial
+    relation) to the loss
     with the true instruction, over the first ``samples_per_kind`` val samples that have such a word. The
     image is the true instruction's, so a DiT that reads the word does worse with the swap; 1.0 means the
     DiT ignores that kind of word."""

@@ -33,8 +33,8 @@ parser.add_argument("--batch", type=int, default=4, help="prompts per pipeline c
 parser.add_argument("--val-samples", type=int, default=0,
                     help="also print the flow-matching loss on this many val samples per scenario (0: skip)")
 parser.add_argument("--swap-samples", type=int, default=0,
-                    help="also print how much the loss rises when a word, colour, shape or count of the instruction "
-                         "is swapped, over this many val samples per kind (0: skip)")
+                    help="also print how much the loss rises when a word, colour, shape, count or relation of the "
+                         "instruction is swapped, over this many val samples per kind (0: skip)")
 parser.add_argument("--threads", type=int, default=1)
 args = parser.parse_args()
 torch.set_num_threads(args.threads)

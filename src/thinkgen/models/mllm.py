@@ -338,7 +338,9 @@ class ThinkGenMLLM:
         Extra keyword arguments go to :class:`ThinkGenMLLM` (``max_image_pixels``, ``system_prompt``).
         """
         if not any(Path(directory).glob("*.safetensors")):
-            raise FileNotFoundError(f"no safetensors weights in {directory}; only safetensors are loaded (never pickles)")
+            raise FileNotFoundError(
+                f"no safetensors weights in {directory}; only safetensors are loaded (never pickles)"
+            )
         model, info = Qwen3VLForConditionalGeneration.from_pretrained(
             directory, dtype=torch_dtype, output_loading_info=True, use_safetensors=True
         )
