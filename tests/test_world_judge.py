@@ -107,6 +107,12 @@ def test_clean_recovery_with_words() -> None:
 
 
 @needs_ocr
+def test_degraded_recovery_with_words() -> None:
+    """Exact scene recovery, words included, on renders degraded the way a generator's output is."""
+    assert _recovery("nano", 100, seed=16, read_words=True, degraded=True) >= 0.95
+
+
+@needs_ocr
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["medium", "full"])
 def test_clean_recovery_with_words_larger_worlds(preset: str) -> None:
