@@ -229,8 +229,12 @@ def test_cli_generate_edit_reflect_write_png_and_sidecar(pipe, tmp_path, capsys)
     assert main(["edit", str(written[0]), "make it blue", "--model", model, "--out", str(tmp_path / "e")]) == 0
     assert Image.open(next((tmp_path / "e").glob("*.png"))).size == (16, 16)
 
+    capsys.readouterr()
     assert main(["generate", "x", "--model", model, "--think", "--max-thinking-tokens", "3",
                  "--out", str(tmp_path / "t")]) == 0
+    # The thought is streamed to the terminal (stderr) as it is generated; the sidecar keeps it too.
+    thought = json.loads(next((tmp_path / "t").glob("*.json")).read_text())["reasoning"].strip()
+    assert thought and thought in capsys.readouterr().err
     assert main(["reflect", "a red circle", "--model", model, "--rounds", "1", "--max-thinking-tokens", "0",
                  "--out", str(tmp_path / "r")]) == 0
     assert list((tmp_path / "r").glob("reflect_*round0.png"))
