@@ -116,7 +116,9 @@ def _swap_one(answer: str, pattern: str, choices: Sequence[str], rng: random.Ran
     return answer[: match.start(1)] + rng.choice(unused) + answer[match.end(1):] if unused else None
 
 
-def _swapped_answer(kind: str, answer: str, world: WorldConfig, rng: random.Random) -> str | None:
+def swapped_answer(kind: str, answer: str, world: WorldConfig, rng: random.Random) -> str | None:
+    """``answer`` with one word of ``kind`` (a key of :data:`SWAP_KINDS`) swapped for another of its kind,
+    drawn with ``rng``; ``None`` when the answer has no such word."""
     if kind == "word":
         match = re.search(r'"([a-z]+)"', answer)
         if match is None:
@@ -156,7 +158,7 @@ def swap_sensitivity(pipeline: ThinkGenPipeline, samples_per_kind: int, seed: in
         found = index = 0
         while found < samples_per_kind:
             sample = generate(scenario, index, split="val")
-            other = _swapped_answer(kind, sample.answer, world, rng)
+            other = swapped_answer(kind, sample.answer, world, rng)
             if other is not None:
                 own += sample_flow_loss(pipeline, sample, index)
                 swapped += sample_flow_loss(pipeline, sample, index, answer=other)

@@ -76,14 +76,13 @@ def patch_world(arm: str):
 def run_arm(arm: str) -> dict:
     import torch
 
-    from nano_common import sample_flow_loss
+    from nano_common import sample_flow_loss, swapped_answer
     from thinkgen.cli import main
     from thinkgen.pipeline import ThinkGenPipeline
     from thinkgen.world.detect import DetectorConfig, WorldDetector
     from thinkgen.world.scenarios import generate
     from thinkgen.world.scene import get_preset
     from thinkgen.world.score import score_spec
-    from thinkgen.world.vocab import words_for
 
     torch.set_num_threads(1)
     form = patch_world(arm)
@@ -104,12 +103,12 @@ def run_arm(arm: str) -> dict:
     rng = random.Random(0)
     own = swapped = 0.0
     for i in range(args.swap_samples):
-        sample = form(generate("text", i, config=world, split="val"))
-        word = QUOTED_WORD.search(generate("text", i, config=world, split="val").answer).group(1)
-        other = rng.choice([w for w in words_for(world) if len(w) == len(word) and w != word])
+        original = generate("text", i, config=world, split="val")
+        sample = form(original)
+        # Swap in the world's own answer, then put it in the arm's form (a spelled answer has no "word" to swap).
+        other = form(dataclasses.replace(original, answer=swapped_answer("word", original.answer, world, rng)))
         own += sample_flow_loss(pipeline, sample, i)
-        swapped += sample_flow_loss(pipeline, sample, i, answer=form(dataclasses.replace(
-            sample, answer=sample.answer.replace(f'"{word}"', f'"{other}"'))).answer)
+        swapped += sample_flow_loss(pipeline, sample, i, answer=other.answer)
 
     detector = WorldDetector(DetectorConfig.for_world(world))
     read = {"no reference": 0}
