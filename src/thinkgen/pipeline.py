@@ -211,11 +211,9 @@ def save_transformer(
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous()
         for k, v in model.state_dict().items()
     }
-    split = split_torch_state_dict_into_shards(
-        state, filename_pattern=DIT_WEIGHTS.replace(".safetensors", "{suffix}.safetensors"),
-        max_shard_size=max_shard_size,
-    )
-    for old in [*path.glob("diffusion_pytorch_model*.safetensors"), path / f"{DIT_WEIGHTS}.index.json"]:
+    pattern = DIT_WEIGHTS.replace(".safetensors", "{suffix}.safetensors")
+    split = split_torch_state_dict_into_shards(state, filename_pattern=pattern, max_shard_size=max_shard_size)
+    for old in [*path.glob(pattern.format(suffix="*")), path / f"{DIT_WEIGHTS}.index.json"]:
         old.unlink(missing_ok=True)  # a re-save with another sharding must not leave stale shards behind
     for filename, keys in split.filename_to_tensors.items():
         save_file({k: state[k] for k in keys}, path / filename, metadata={"format": "pt"})
