@@ -54,6 +54,8 @@ def _add_sampling_args(parser: argparse.ArgumentParser, think_default: bool = Fa
     parser.add_argument("--size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"), default=None,
                         help="output size (default: the model's, or the input image's for edits)")
     parser.add_argument("--max-thinking-tokens", type=int, default=None, help="thinking budget in tokens")
+    parser.add_argument("--no-glyphs", action="store_true",
+                        help="no glyph reference of quoted text, for a model trained with them (see thinkgen.glyphs)")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
 
 
@@ -115,6 +117,7 @@ def _call_kwargs(args: argparse.Namespace, pipe, steps_bar: tqdm) -> dict[str, A
         "guidance_scale": args.guidance,
         "image_guidance_scale": args.image_guidance,
         "callback": lambda step, latents: steps_bar.update(1),
+        "glyphs": not args.no_glyphs,
     }
     if args.size is not None:
         kwargs["width"], kwargs["height"] = args.size
@@ -156,6 +159,7 @@ def _run_generate(args: argparse.Namespace) -> int:
             "settings": _settings(args, pipe),
             "timings_s": out.timings,
             "token_counts": out.token_counts,
+            "glyph_reference": out.glyphs[0] is not None,
         }
         path = save_with_sidecar(image, args.out / f"{stem}_{args.seed:04d}_{k:02d}", meta)
         print(path)

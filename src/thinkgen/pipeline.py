@@ -38,7 +38,9 @@ from .models.dit import ThinkGenTransformer2DModel
 from .models.mllm import MLLMOutput, ThinkGenMLLM, ThinkingConfig
 from .models.refine import is_match_verdict
 from .models.vae import ImageCodec, load_codec
+from .glyphs import plan_glyphs
 from .sampling import SHIFT_REFERENCE_SIDE, GuidanceBatching, check_guidance_batching, sample_latents
+from .world.scene import get_preset
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,10 @@ class PipelineConfig:
             at once is at least this.
         reflection_template: how a reflection round asks the MLLM to check an image against ``{prompt}``.
         match_verdict: the instruction by which the MLLM says the image already matches.
+        glyph_preset: the world preset whose layout rules and font draw a glyph reference of the texts an
+            instruction quotes, given to the DiT as one more reference image in text-to-image calls
+            (:mod:`thinkgen.glyphs`); ``None`` (the released model) draws none. Only for a DiT trained with
+            glyph references.
     """
 
     height: int = 1024
@@ -94,6 +100,7 @@ class PipelineConfig:
     think_auto_threshold: float = 0.5
     reflection_template: str = "The prompt was: {prompt}. Does the image match? If not, give an edit that fixes it."
     match_verdict: str = "The image already matches the prompt."
+    glyph_preset: str | None = None
 
     def __post_init__(self) -> None:
         self.cfg_range = tuple(self.cfg_range)  # JSON gives a list
@@ -102,6 +109,8 @@ class PipelineConfig:
         check_guidance_batching(self.guidance_batching)
         if "{prompt}" not in self.reflection_template:
             raise ValueError("reflection_template must contain '{prompt}'")
+        if self.glyph_preset is not None:
+            get_preset(self.glyph_preset)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
@@ -125,6 +134,7 @@ class ThinkGenPipelineOutput:
         timings: seconds spent ``thinking`` (all MLLM work), ``denoising`` and ``decode``.
         token_counts: ``generated`` tokens, ``instruction`` tokens (summed over prompts) and MLLM
             ``forward_calls``.
+        glyphs: per prompt, the glyph reference the DiT read (``None`` where it read none).
     """
 
     images: list[Image.Image] | torch.Tensor
@@ -133,6 +143,7 @@ class ThinkGenPipelineOutput:
     thought: list[bool]
     timings: dict[str, float] = field(default_factory=dict)
     token_counts: dict[str, int] = field(default_factory=dict)
+    glyphs: list[Image.Image | None] = field(default_factory=list)
 
 
 @dataclass
@@ -498,6 +509,16 @@ class ThinkGenPipeline:
             refs.append(latents)
         return refs
 
+    def glyph_reference(
+        self, instruction: str, width: int, height: int, seed: str | int | None
+    ) -> Image.Image | None:
+        """The glyph reference of a text-to-image call drawing ``instruction`` at ``width`` × ``height``
+        (:func:`thinkgen.glyphs.plan_glyphs`; ``seed`` fixes its layout), or ``None`` when the config names no
+        glyph preset or the instruction quotes nothing drawable."""
+        if self.config.glyph_preset is None:
+            return None
+        return plan_glyphs(instruction, self.config.glyph_preset, width, height, seed)
+
     # ---- the call ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -523,6 +544,7 @@ class ThinkGenPipeline:
         output_type: Literal["pil", "pt", "latent"] = "pil",
         streamer: Any = None,
         callback: Callable[[int, torch.Tensor], None] | None = None,
+        glyphs: bool = True,
     ) -> ThinkGenPipelineOutput:
         """Generate images: text-to-image, text rendering, editing (one input image), in-context generation
         (2–5 input images), and reasoning generation or editing (``think=True``).
@@ -547,6 +569,9 @@ class ThinkGenPipeline:
             output_type: ``"pil"``, ``"pt"`` (tensor in [-1, 1]) or ``"latent"``.
             streamer: receives the MLLM's tokens as they are generated (one thinking prompt).
             callback: ``callback(step, latents)`` after each denoising step.
+            glyphs: give the DiT a glyph reference of the instruction's quoted texts in text-to-image calls,
+                where the config names a glyph preset (``False`` draws from the text alone); its layout is
+                seeded like thinking (``seed``, else ``thinking.seed``).
 
         Returns:
             :class:`ThinkGenPipelineOutput`.
@@ -601,9 +626,15 @@ class ThinkGenPipeline:
             )
         thinking_s = time.perf_counter() - start
 
-        # 3.–6. Encode references, draw noise, denoise, decode
+        # 3.–6. Encode references (the input images, else a glyph reference), draw noise, denoise, decode
+        layout_seeds = [None if thinking.seed is None else f"{thinking.seed}:{i}" for i in range(len(prompts))]
+        glyph_images = [
+            None if row or not glyphs else self.glyph_reference(text, width, height, layout_seed)
+            for row, text, layout_seed in zip(image_rows, instruction, layout_seeds)
+        ]
+        reference_rows = [row or ([glyph] if glyph else []) for row, glyph in zip(image_rows, glyph_images)]
         result, denoising_s, decode_s = self._draw(
-            states, mask, neg_states, neg_mask, image_rows, n, height, width, steps, text_scale, image_scale,
+            states, mask, neg_states, neg_mask, reference_rows, n, height, width, steps, text_scale, image_scale,
             cfg_range, generator, latents, output_type, callback,
         )
         return ThinkGenPipelineOutput(
@@ -613,6 +644,7 @@ class ThinkGenPipeline:
             thought=thinks,
             timings={"thinking": thinking_s, "denoising": denoising_s, "decode": decode_s},
             token_counts=counts,
+            glyphs=glyph_images,
         )
 
     def _draw(

@@ -249,6 +249,8 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
                    help="output size (default: the model's, or the input image's for edits)")
     p.add_argument("--max-thinking-tokens", type=int, default=None, help="thinking budget (default: the model's)")
     p.add_argument("--max-instruction-tokens", type=int, default=None, help="instruction budget after </think>")
+    p.add_argument("--no-glyphs", action="store_true",
+                   help="no glyph references, for a model trained with them (see thinkgen.glyphs)")
     judge = p.add_argument_group("judge (WISE, RISEBench, ImgEdit, DPG)")
     judge.add_argument("--judge-url", default=None, help="OpenAI-compatible API base URL, e.g. http://host:8000/v1")
     judge.add_argument("--judge-model", default=None, help="the judge's model name at that endpoint")
@@ -322,7 +324,7 @@ def run_benchmark(args: argparse.Namespace, load_pipeline: Callable[[], Any] | N
         num_images_per_prompt=args.num_images or bench.num_images_per_prompt, seed=args.seed,
         batch_size=args.batch_size, num_inference_steps=args.steps, guidance_scale=args.guidance,
         height=height, width=width, max_thinking_tokens=args.max_thinking_tokens,
-        max_instruction_tokens=args.max_instruction_tokens,
+        max_instruction_tokens=args.max_instruction_tokens, glyphs=not args.no_glyphs,
     )
     scorer, why_not = bench.make_scorer(args)
     if scorer is None:

@@ -126,6 +126,7 @@ class GenerationConfig:
         num_inference_steps, guidance_scale: sampler settings (``None``: the model's).
         height, width: output size (``None``: the model's, or an edit's input size).
         max_thinking_tokens, max_instruction_tokens: thinking budgets (``None``: the pipeline's defaults).
+        glyphs: glyph references for models trained with them (``False``: the DiT reads the text alone).
     """
 
     num_images_per_prompt: int = 1
@@ -137,6 +138,7 @@ class GenerationConfig:
     width: int | None = None
     max_thinking_tokens: int | None = None
     max_instruction_tokens: int | None = None
+    glyphs: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_images_per_prompt", "batch_size"):
@@ -364,6 +366,7 @@ def _generate_batch(
             guidance_scale=config.guidance_scale,
             latents=_noise(pipe, [s for row in seeds for s in row], *size),
             thinking=_thinking(config, seeds[0][0]),
+            glyphs=config.glyphs,
         )
         seconds_per_prompt = (time.perf_counter() - call_start) / len(rows)
         for r, j in enumerate(rows):

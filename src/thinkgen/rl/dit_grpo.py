@@ -200,9 +200,14 @@ def rollout_group(
     if sample.guidance_scale > 1:
         negative, negative_mask = pipeline.encode_negative(sample.negative_prompt, size)
         negative = negative.to(dtype)
-    refs = pipeline.encode_references([item.images] * size) if item.images else None
+    instruction = encoded.instruction[0] if grpo.think else item.prompt
+    glyph = None if item.images else pipeline.glyph_reference(
+        instruction, sample.image_size, sample.image_size, noise_seed
+    )
+    references = item.images or ([glyph] if glyph else [])
+    refs = pipeline.encode_references([references] * size) if references else None
     conditions = build_guidance_conditions(states, mask, negative, negative_mask, refs)
-    group = DiTGroup(item, encoded.instruction[0] if grpo.think else item.prompt, conditions)
+    group = DiTGroup(item, instruction, conditions)
 
     # 2. SDE rollouts, micro-batch by micro-batch, recording every step.
     # Initial noise from a CPU generator (the same on any device), the SDE's noise from one on the device.

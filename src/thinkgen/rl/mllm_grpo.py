@@ -232,7 +232,6 @@ def rollout(
     grpo, sample = config.grpo, config.sample
     num = grpo.num_generations
     prompts = [item.prompt for item in items for _ in range(num)]
-    image_rows = [item.images for item in items for _ in range(num)]
     thinking = ThinkingConfig(
         temperature=grpo.temperature, top_p=grpo.top_p, top_k=grpo.top_k, seed=seed,
         max_thinking_tokens=grpo.max_thinking_tokens, max_instruction_tokens=grpo.max_instruction_tokens,
@@ -254,8 +253,18 @@ def rollout(
     shape = (1, pipeline.codec.latent_channels, side, side)
     noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in noise_seeds]
     initial_latents = torch.cat([n.expand(num, -1, -1, -1) for n in noise])  # (P·G, C, h, w)
+    # The DiT reads each row's glyph reference of its own instruction (where the model uses them), laid out
+    # alike within a group.
+    image_rows = []
+    for row, text in enumerate(output.instruction):
+        item = items[row // num]
+        glyph = None if item.images else pipeline.glyph_reference(
+            text, sample.image_size, sample.image_size, noise_seeds[row // num]
+        )
+        image_rows.append(item.images or ([glyph] if glyph else []))
     images = pipeline(
         prompts, images=image_rows if any(image_rows) else None, prompt_embeds=states, prompt_attention_mask=mask,
+        glyphs=False,
         latents=initial_latents, height=sample.image_size, width=sample.image_size,
         num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
         image_guidance_scale=sample.image_guidance_scale, negative_prompt=sample.negative_prompt,

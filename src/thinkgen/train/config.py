@@ -270,6 +270,10 @@ class DiTModelConfig:
             the MLLM's width, ``in_channels`` to the codec's channels).
         codec: ``pixel`` (identity codec: the DiT denoises pixels) or a folder of a diffusers
             ``AutoencoderKL`` (latents ``(z − shift)·scale``).
+        glyph_preset: Train the DiT to read glyph references (:mod:`thinkgen.glyphs`) laid out by this world
+            preset: every text-to-image sample of a world source gets its target's words rendered alone as a
+            reference image, and the exported pipeline plans one for every instruction that quotes text.
+            World sources must then use this preset; JSONL samples get none. Empty: no glyph references.
     """
 
     mllm: str = "tiny"
@@ -278,6 +282,7 @@ class DiTModelConfig:
     depth_multiplier: int = 1
     dit: dict[str, Any] = field(default_factory=dict)
     codec: str = "pixel"
+    glyph_preset: str = ""
 
     def __post_init__(self) -> None:
         _require(bool(self.mllm), "mllm must be a folder or 'tiny'")
@@ -293,6 +298,11 @@ class DiTModelConfig:
             "dit.num_layers)",
         )
         _require(bool(self.codec), "codec must be 'pixel' or an AutoencoderKL folder")
+        if self.glyph_preset:
+            try:
+                get_preset(self.glyph_preset)
+            except ValueError as err:
+                raise ValueError(f"glyph_preset: {err}") from None
 
 
 @dataclass
@@ -421,6 +431,13 @@ class SFTStageConfig:
             not (self.distributed.strategy == "fsdp" and self.train.lora_rank),
             "train.lora_rank must be 0 with distributed.strategy = 'fsdp' (adapters are merged unsharded)",
         )
+        if self.model.glyph_preset:
+            other = sorted({s.preset for s in self.data.sources if s.kind == "world"} - {self.model.glyph_preset})
+            _require(
+                not other,
+                f"model.glyph_preset = {self.model.glyph_preset!r} but world sources use preset(s) {other}: "
+                "glyph references follow one preset's layout rules, so every world source must use it",
+            )
 
 
 # ---- the nano MLLM stage ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from thinkgen.imageio import load_image
 from thinkgen.train.config import DataConfig, SourceConfig
 from thinkgen.world.sample import WorldSample
 from thinkgen.world.scenarios import generate, pick_scenario, resolve_scenarios
-from thinkgen.world.scene import get_preset
+from thinkgen.world.scene import Word, get_preset
 from thinkgen.world.splits import check_split
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class Record:
         task_type: ``t2i`` or ``edit``.
         input_images: Input images (edits, reflection), RGB.
         output_image: The target image, RGB (``None`` when it was not asked for).
+        target_words: The words of the target and their boxes (world sources only): what a glyph reference
+            shows.
     """
 
     instruction: str
@@ -71,6 +73,7 @@ class Record:
     task_type: str
     input_images: list[Image.Image]
     output_image: Image.Image | None
+    target_words: tuple[Word, ...] = ()
 
 
 # ---- image sizes -----------------------------------------------------------------------------------
@@ -133,6 +136,7 @@ class WorldSource:
             task_type=sample.task_type,
             input_images=sample.input_images(),
             output_image=sample.target_image() if with_output else None,
+            target_words=sample.target.words,
         )
 
 

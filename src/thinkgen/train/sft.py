@@ -44,6 +44,7 @@ from accelerate.utils import set_seed
 from PIL import Image
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from thinkgen.glyphs import plan_glyphs, render_glyphs
 from thinkgen.imageio import pil_to_tensor, save_with_sidecar, tensor_to_pil
 from thinkgen.models.dit import ThinkGenTransformer2DModel
 from thinkgen.models.mllm import ThinkGenMLLM
@@ -270,8 +271,11 @@ def sample_time(generator: torch.Generator, config: SFTStageConfig, latent_size:
     return t
 
 
-def training_item(record: Record, data: DataConfig) -> dict[str, Any]:
+def training_item(record: Record, data: DataConfig, glyphs: bool = False) -> dict[str, Any]:
     """A record as the loss reads it: caption, MLLM input images, target and references fitted to size.
+
+    With ``glyphs``, a text-to-image record whose target shows words gets a glyph reference: those words
+    alone at their own boxes (:mod:`thinkgen.glyphs`), a reference for the DiT only.
 
     Images stay PIL until the loss stacks them: a DataLoader worker hands a PIL image over as its bytes, a
     tensor as a shared-memory handle of its own, which costs far more (``benchmarks/sft_input_pipeline.py``).
@@ -281,11 +285,15 @@ def training_item(record: Record, data: DataConfig) -> dict[str, Any]:
         return fit_image(image, data.max_image_pixels, data.size_multiple)
 
     use_answer = data.prompt_field == "answer" and record.answer
+    references = list(record.input_images)
+    if glyphs and not references and record.target_words:
+        width, height = record.output_image.size
+        references.append(render_glyphs(record.target_words, width, height, canvas_px=width))
     return {
         "prompt": record.answer if use_answer else record.instruction,
         "input_images": record.input_images,
         "target": fit(record.output_image),
-        "refs": [fit(image) for image in record.input_images],
+        "refs": [fit(image) for image in references],
     }
 
 
@@ -379,9 +387,15 @@ def save_sample_grid(
     side = sample.image_size // codec.downscale_factor
     generator = torch.Generator().manual_seed(sample.seed)
     noise = torch.randn(len(prompts), codec.latent_channels, side, side, generator=generator).to(device)
+    refs = None
+    if config.model.glyph_preset:
+        glyphs = [plan_glyphs(p, config.model.glyph_preset, sample.image_size, sample.image_size, sample.seed)
+                  for p in prompts]
+        refs = encode_references([[g] if g else [] for g in glyphs], codec, device)
+        refs = refs if any(r is not None for r in refs) else None
     model.eval()
     latents = sample_latents(
-        model, noise, states, mask, negative, negative_mask,
+        model, noise, states, mask, negative, negative_mask, refs,
         num_inference_steps=sample.num_inference_steps, guidance_scale=sample.guidance_scale,
         shift_reference_side=config.flow.time_shift_reference_side,
     )
@@ -426,6 +440,7 @@ def export_final(
         num_inference_steps=config.sample.num_inference_steps, guidance_scale=config.sample.guidance_scale,
         negative_prompt=config.flow.negative_prompt, max_image_pixels=config.data.max_image_pixels,
         time_shift_reference_side=config.flow.time_shift_reference_side,
+        glyph_preset=config.model.glyph_preset or None,
     )
     ThinkGenPipeline(mllm, final, codec, defaults).save_pretrained(output_dir / "final")
     logger.info("wrote %s", output_dir / "final")
@@ -493,7 +508,7 @@ def train(config: SFTStageConfig) -> SFTResult:
         width, height = fitted_size(*source.image_size(index), data.max_image_pixels, data.size_multiple)
         return f"{width}x{height}"
 
-    to_item = functools.partial(training_item, data=data)
+    to_item = functools.partial(training_item, data=data, glyphs=bool(config.model.glyph_preset))
     planner, start_batches = R.make_batches(accelerator, data, sources, config.run.seed, bucket_of, to_item, True)
 
     # ---- checkpoints: resume exactly where the newest one left off
