@@ -108,7 +108,13 @@ def test_a_glyph_stage_exports_a_glyph_pipeline_and_checks_its_sources(tmp_path)
     recipe = sft_recipe(tmp_path, extra='stage = "dit"', sources='[[data.sources]]\nscenarios = ["text"]\n')
     recipe.write_text(recipe.read_text().replace('mllm = "tiny"', 'mllm = "tiny"\nglyph_preset = "nano"'))
     train(load_recipe(recipe, ["run.max_steps=1", "run.save_every=0"]))
-    assert ThinkGenPipeline.from_pretrained(tmp_path / "run" / "final").config.glyph_preset == "nano"
+    final = tmp_path / "run" / "final"
+    assert ThinkGenPipeline.from_pretrained(final).config.glyph_preset == "nano"
+    # A glyph fine-tune of a trained model: its pipeline folder gives the frozen MLLM, its DiT the start.
+    train(load_recipe(recipe, [f'model.mllm="{final}"', f'model.transformer="{final / "transformer"}"',
+                               "model.dit={}", f'run.output_dir="{tmp_path / "again"}"', "run.max_steps=1",
+                               "run.save_every=0"]))
+    assert ThinkGenPipeline.from_pretrained(tmp_path / "again" / "final").config.glyph_preset == "nano"
     with pytest.raises(ValueError, match="glyph_preset"):
         load_recipe(recipe, ['data.sources.0.preset="medium"'])
     with pytest.raises(ValueError, match="glyph_preset"):

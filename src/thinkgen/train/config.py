@@ -258,8 +258,8 @@ class DiTModelConfig:
     """``[model]`` of the DiT stages.
 
     Attributes:
-        mllm: Folder of the frozen MLLM (``ThinkGenMLLM.from_pretrained``), or ``tiny`` for a tiny random
-            Qwen3-VL built in memory (tests and smoke runs).
+        mllm: Folder of the frozen MLLM (``ThinkGenMLLM.from_pretrained``), a pipeline folder (its MLLM), or
+            ``tiny`` for a tiny random Qwen3-VL built in memory (tests and smoke runs).
         mllm_dtype: dtype of the frozen MLLM (``float32``, ``bfloat16``, ``float16``).
         transformer: Folder of a DiT to start from (diffusers ``save_pretrained`` layout, e.g. the
             ``final/transformer`` of the previous stage); empty: a new DiT built from ``dit``.
