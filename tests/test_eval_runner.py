@@ -115,6 +115,27 @@ def test_nano_scorer_accepts_the_world_targets() -> None:
             assert result["passed"] and result["score"] == 1.0, (item.key, result)
 
 
+def test_nano_scorer_reports_the_words_read_apart_from_the_objects() -> None:
+    """A text prompt with an object, drawn with its words but without the object: not correct, every word
+    read. (The text scenario's accuracy needs both; word accuracy is the words alone.)"""
+    import dataclasses
+
+    from thinkgen.world.render import render
+    from thinkgen.world.scenarios import generate
+    from thinkgen.world.scene import Scene
+
+    scorer = NanoScorer()
+    items = load_nano(30, ["text"])
+    index, item = next((i, it) for i, it in enumerate(items) if it.meta["spec"]["include"])
+    target = generate("text", index, split="test").target
+    words_only = render(dataclasses.replace(target, objects=()), 64)
+    blank = render(Scene(), 64)
+    scores = [dict(scorer.score(item, [image], {}), category="text") for image in (words_only, blank)]
+    assert [(s["accuracy"], s["word_accuracy"]) for s in scores] == [(0.0, 1.0), (0.0, 0.0)]
+    assert scorer.aggregate(scores, [item, item])["metrics"]["word_accuracy/text"] == 0.5
+    assert scorer.score(load_nano(1, ["composition"])[0], [blank], {})["word_accuracy"] is None
+
+
 def test_a_thought_never_closed_does_not_stop_a_run():
     from thinkgen.eval.runner import GenerationConfig, _thinking
 

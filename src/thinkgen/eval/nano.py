@@ -61,7 +61,7 @@ class NanoScorer:
 
         self.world = world or get_preset("nano")
         self.detector = WorldDetector(DetectorConfig.for_world(self.world))
-        self.scorer_id = f"nano/world-judge/{self.world.canvas_px}"
+        self.scorer_id = f"nano/world-judge-v2/{self.world.canvas_px}"  # v2: scores carry word accuracy
 
     def score(self, item: EvalItem, images: list[Image.Image], record: dict[str, Any]) -> dict[str, Any]:
         from ..world.score import score_spec
@@ -74,6 +74,8 @@ class NanoScorer:
             "score": mean(v.score for v in verdicts),
             "passed": all(v.correct for v in verdicts),
             "accuracy": mean(float(v.correct) for v in verdicts),
+            # Of the words asked for, the share read exactly, whatever else the image got right or wrong.
+            "word_accuracy": mean(v.text.word_accuracy for v in verdicts) if spec.texts else None,
             "per_image": [{"correct": v.correct, "score": v.score, "reasons": r} for v, r in zip(verdicts, failed)],
         }
 
@@ -85,6 +87,7 @@ class NanoScorer:
             "overall": mean(accuracy.values()),
             "categories": accuracy,
             "metrics": {"mean_clause_credit": mean(s["score"] for s in scored),
-                        **{f"clause_credit/{c}": v for c, v in credit.items()}},
+                        **{f"clause_credit/{c}": v for c, v in credit.items()},
+                        **{f"word_accuracy/{c}": v for c, v in category_means(scored, "word_accuracy").items()}},
             "scale": "exact-match accuracy in [0, 1]; overall = mean of the scenario accuracies",
         }
