@@ -85,6 +85,19 @@ def test_resume_refuses_other_settings(tmp_path) -> None:
         generate_mode(tiny_pipeline, items, NANO_LAYOUT, tmp_path, False, other)
 
 
+def test_a_run_older_than_a_setting_resumes_with_its_default(tmp_path) -> None:
+    items = _items(2)
+    generate_mode(tiny_pipeline, items[:1], NANO_LAYOUT, tmp_path, False, CONFIG)
+    saved = json.loads((tmp_path / "run.json").read_text())
+    del saved["glyphs"]  # as written before glyph references existed
+    (tmp_path / "run.json").write_text(json.dumps(saved))
+    records, stats = generate_mode(tiny_pipeline, items, NANO_LAYOUT, tmp_path, False, CONFIG)
+    assert stats.num_prompts_done_before == 1 and len(records) == 2
+    with pytest.raises(ValueError, match=r"glyphs: True → False"):
+        generate_mode(tiny_pipeline, items, NANO_LAYOUT, tmp_path, False,
+                      GenerationConfig(**{**CONFIG.__dict__, "glyphs": False}))
+
+
 def test_scores_are_cached_per_scorer(tmp_path) -> None:
     items = _items(2)
     records, _ = generate_mode(tiny_pipeline, items, NANO_LAYOUT, tmp_path, False, CONFIG)

@@ -161,7 +161,9 @@ def _check_run_config(root: Path, settings: dict[str, Any]) -> None:
     """Write ``run.json`` on the first run; on a resume, refuse settings that differ from it."""
     path = root / RUN_CONFIG
     if path.is_file():
-        saved = json.loads(path.read_text())
+        # A generation setting newer than the run is absent from its run.json: the run had its default.
+        defaults = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
+        saved = {**defaults, **json.loads(path.read_text())}
         diff = {k: (saved.get(k), v) for k, v in settings.items() if k != "batch_size" and saved.get(k) != v}
         if diff:
             changes = ", ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in diff.items())
