@@ -519,6 +519,16 @@ class ThinkGenPipeline:
             return None
         return plan_glyphs(instruction, self.config.glyph_preset, width, height, seed)
 
+    def dit_references(
+        self, images: Sequence[Image.Image], instruction: str, width: int, height: int, seed: str | int | None
+    ) -> list[Image.Image]:
+        """What the DiT reads beside the text of one prompt: its input images, else (text-to-image) the glyph
+        reference of ``instruction`` where the model uses them (:meth:`glyph_reference`), else nothing."""
+        if images:
+            return list(images)
+        glyph = self.glyph_reference(instruction, width, height, seed)
+        return [glyph] if glyph else []
+
     # ---- the call ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -628,11 +638,11 @@ class ThinkGenPipeline:
 
         # 3.–6. Encode references (the input images, else a glyph reference), draw noise, denoise, decode
         layout_seeds = [None if thinking.seed is None else f"{thinking.seed}:{i}" for i in range(len(prompts))]
-        glyph_images = [
-            None if row or not glyphs else self.glyph_reference(text, width, height, layout_seed)
+        reference_rows = [
+            self.dit_references(row, text, width, height, layout_seed) if glyphs else row
             for row, text, layout_seed in zip(image_rows, instruction, layout_seeds)
         ]
-        reference_rows = [row or ([glyph] if glyph else []) for row, glyph in zip(image_rows, glyph_images)]
+        glyph_images = [None if row or not refs else refs[0] for row, refs in zip(image_rows, reference_rows)]
         result, denoising_s, decode_s = self._draw(
             states, mask, neg_states, neg_mask, reference_rows, n, height, width, steps, text_scale, image_scale,
             cfg_range, generator, latents, output_type, callback,

@@ -201,10 +201,7 @@ def rollout_group(
         negative, negative_mask = pipeline.encode_negative(sample.negative_prompt, size)
         negative = negative.to(dtype)
     instruction = encoded.instruction[0] if grpo.think else item.prompt
-    glyph = None if item.images else pipeline.glyph_reference(
-        instruction, sample.image_size, sample.image_size, noise_seed
-    )
-    references = item.images or ([glyph] if glyph else [])
+    references = pipeline.dit_references(item.images, instruction, sample.image_size, sample.image_size, noise_seed)
     refs = pipeline.encode_references([references] * size) if references else None
     conditions = build_guidance_conditions(states, mask, negative, negative_mask, refs)
     group = DiTGroup(item, instruction, conditions)

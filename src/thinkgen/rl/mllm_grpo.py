@@ -255,13 +255,11 @@ def rollout(
     initial_latents = torch.cat([n.expand(num, -1, -1, -1) for n in noise])  # (P·G, C, h, w)
     # The DiT reads each row's glyph reference of its own instruction (where the model uses them), laid out
     # alike within a group.
-    image_rows = []
-    for row, text in enumerate(output.instruction):
-        item = items[row // num]
-        glyph = None if item.images else pipeline.glyph_reference(
-            text, sample.image_size, sample.image_size, noise_seeds[row // num]
-        )
-        image_rows.append(item.images or ([glyph] if glyph else []))
+    image_rows = [
+        pipeline.dit_references(items[row // num].images, text, sample.image_size, sample.image_size,
+                                noise_seeds[row // num])
+        for row, text in enumerate(output.instruction)
+    ]
     images = pipeline(
         prompts, images=image_rows if any(image_rows) else None, prompt_embeds=states, prompt_attention_mask=mask,
         glyphs=False,

@@ -397,7 +397,6 @@ def save_sample_grid(
         glyphs = [plan_glyphs(p, config.model.glyph_preset, sample.image_size, sample.image_size, sample.seed)
                   for p in prompts]
         refs = encode_references([[g] if g else [] for g in glyphs], codec, device)
-        refs = refs if any(r is not None for r in refs) else None
     model.eval()
     latents = sample_latents(
         model, noise, states, mask, negative, negative_mask, refs,
