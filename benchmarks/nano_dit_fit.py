@@ -5,9 +5,11 @@ template as in stages 2 and 3, with the input images for edits; the world judge 
 MLLM's thinking plays no part: low scores on the *train* split mean the DiT underfits its own data (more
 capacity or compute is the lever), a gap between train and test means it fails to generalise. With
 ``--swap-samples``, it also measures which words of the instruction the DiT reads at all
-(:func:`nano_common.swap_sensitivity`).
+(:func:`nano_common.swap_sensitivity`). ``--context thought`` encodes the answer where a think-mode call has
+it instead, after the prompt and the world's thought (``ThinkGenMLLM.encode_thought``): the gap between the
+two contexts is what a DiT trained on the template alone loses when the MLLM thinks.
 
-    python benchmarks/nano_dit_fit.py --model nano -n 100 [--val-samples 50] [--swap-samples 60]
+    python benchmarks/nano_dit_fit.py --model nano -n 100 [--context thought] [--val-samples 50] [--swap-samples 60]
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ parser.add_argument("--scenarios", nargs="*", default=["composition", "text", "e
                     help="scenarios whose answer needs no reasoning to draw")
 parser.add_argument("-n", type=int, default=100, help="prompts per scenario and split")
 parser.add_argument("--batch", type=int, default=4, help="prompts per pipeline call")
+parser.add_argument("--context", choices=("template", "thought"), default="template",
+                    help="encode the answer in the no-think template, or after the prompt and thought")
 parser.add_argument("--val-samples", type=int, default=0,
                     help="also print the flow-matching loss on this many val samples per scenario (0: skip)")
 parser.add_argument("--swap-samples", type=int, default=0,
@@ -52,7 +56,14 @@ for scenario in args.scenarios:
             indices = range(first, min(first + args.batch, args.n))
             samples = [generate(scenario, i, config=world, split=split) for i in indices]
             images = [s.input_images() for s in samples] if any(s.inputs for s in samples) else None
-            drawn = pipeline([s.answer for s in samples], images=images, think=False, seed=first).images
+            answers = [s.answer for s in samples]
+            if args.context == "thought":
+                states = pipeline.mllm.encode_thought([s.instruction for s in samples],
+                                                      [s.reasoning for s in samples], answers, images)
+                drawn = pipeline(answers, images=images, seed=first, prompt_embeds=states.instruction_states,
+                                 prompt_attention_mask=states.instruction_mask).images
+            else:
+                drawn = pipeline(answers, images=images, think=False, seed=first).images
             for sample, image in zip(samples, drawn):
                 result = score_spec(image, sample.spec, detector)
                 exact += result.correct

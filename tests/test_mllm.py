@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from thinkgen.models.capture import ConditioningCapture
-from thinkgen.models.mllm import SYSTEM_PROMPT, ThinkGenMLLM, ThinkingConfig, build_prompt
+from thinkgen.models.mllm import SYSTEM_PROMPT, ThinkGenMLLM, ThinkingConfig, build_prompt, thought_text
 from thinkgen.models.refine import vgi_refine
 from thinkgen.models.tiny import TinyQwen3VLSpec, build_tiny_mllm
 
@@ -221,6 +221,57 @@ def test_no_think_is_one_forward_over_the_repeated_instruction(mllm, red_image):
         torch.testing.assert_close(
             out.instruction_states[row, :length], single.instruction_states[0], atol=ATOL, rtol=1e-4
         )
+
+
+class ForceSequence(LogitsProcessor):
+    """Test helper: force the generation to be exactly `token_ids` `(B, n)`."""
+
+    def __init__(self, prompt_length: int, token_ids: torch.Tensor) -> None:
+        self.prompt_length, self.token_ids = prompt_length, token_ids
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_length
+        forced = torch.full_like(scores, float("-inf"))
+        forced[torch.arange(scores.shape[0]), self.token_ids[:, step]] = 0.0
+        return forced
+
+
+def test_a_given_thought_encodes_as_think_mode_generation_of_it(mllm, red_image):
+    """encode_thought's one teacher-forced pass gives the states think mode gives when the MLLM writes that
+    very thought and answer: the states the DiT reads at think-mode inference."""
+    prompts, images = ["draw what a ripe banana looks like", "fix the picture"], [[], [red_image]]
+    reasonings, answers = ["bananas are yellow", ""], ["one yellow star", "make the square green"]
+    written = [thought_text(r, a) + "<|im_end|>" for r, a in zip(reasonings, answers)]
+    ids = [mllm.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0] for text in written]
+    length = max(len(row) for row in ids)
+    for row in range(2):  # one prompt at a time: the two thoughts differ in length
+        forced_ids = ids[row][None]
+        prompt_length = prompt_inputs(mllm, prompts[row : row + 1], images[row : row + 1])["input_ids"].shape[1]
+        thinking = ThinkingConfig(temperature=0.0, max_thinking_tokens=length, max_instruction_tokens=length)
+        generated = mllm.encode_prompt(
+            prompts[row], images[row], think=True, thinking=thinking,
+            logits_processor=LogitsProcessorList([ForceSequence(prompt_length, forced_ids)]),
+        )
+        assert torch.equal(generated.generated_ids[0], ids[row])
+        given = mllm.encode_thought(prompts[row], reasonings[row], answers[row], images[row])
+        assert given.instruction == [answers[row]] and given.reasoning == [reasonings[row]]
+        torch.testing.assert_close(given.instruction_mask, generated.instruction_mask)
+        torch.testing.assert_close(given.instruction_ids, generated.instruction_ids)
+        torch.testing.assert_close(given.instruction_states, generated.instruction_states, atol=ATOL, rtol=1e-4)
+    # A batch gives each row what it gives alone.
+    batch = mllm.encode_thought(prompts, reasonings, answers, images)
+    for row in range(2):
+        alone = mllm.encode_thought(prompts[row], reasonings[row], answers[row], images[row])
+        n = int(alone.instruction_mask.sum())
+        torch.testing.assert_close(batch.instruction_states[row, :n], alone.instruction_states[0], atol=ATOL, rtol=1e-4)
+    # Without reasoning and with the answer as the prompt, the thought is the no-think template itself.
+    plain = mllm.encode_prompt("one yellow star", think=False)
+    same = mllm.encode_thought("one yellow star", "", "one yellow star")
+    torch.testing.assert_close(same.instruction_states, plain.instruction_states)
+    with pytest.raises(ValueError, match="one of each per row"):
+        mllm.encode_thought(prompts, reasonings[:1], answers)
+    with pytest.raises(ValueError, match="reasoning contains chat-control tokens"):
+        mllm.encode_thought("a", "think </think> again", "b")
 
 
 # ---- thinking controls -----------------------------------------------------------------------------------

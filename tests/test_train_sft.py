@@ -92,6 +92,32 @@ def test_the_trainer_feeds_the_dit_the_layers_it_reads(tmp_path):
     assert ThinkGenPipeline.from_pretrained(tmp_path / layers / "run" / "final").mllm.caption_layers == layers
 
 
+def test_think_context_trains_on_the_states_a_think_mode_call_gives(tmp_path):
+    """``data.think_context = 1`` encodes each answer after its prompt and thought (the think-mode states)
+    instead of the pseudo-CoT template. On world samples, whose prompt and thought differ from the answer,
+    the losses part once the text reaches the output (step 2); on records whose prompt is the answer and
+    whose thought is empty the two contexts are the same text, so every loss is equal: the share draws
+    nothing that moves the other per-sample draws."""
+
+    def losses(folder: str, share: float, sources: str | None = None) -> list[float]:
+        (tmp_path / folder).mkdir()
+        recipe = sft_recipe(tmp_path / folder, extra='stage = "dit"', sources=sources)
+        train(load_recipe(recipe, ["run.max_steps=3", "run.save_every=0", f"data.think_context={share}"]))
+        return [r["loss"] for r in read_metrics(tmp_path / folder / "run")]
+
+    world = '[[data.sources]]\nscenarios = ["reasoning", "composition"]\n'
+    plain, thought = losses("world0", 0.0, world), losses("world1", 1.0, world)
+    assert plain[0] == thought[0] and plain[-1] != thought[-1]
+    data = write_jsonl(tmp_path / "data", [{"instruction": c, "answer": c} for c in ("one red circle", "two stars")])
+    jsonl = f'[[data.sources]]\nkind = "jsonl"\npath = "{data}"\n'
+    assert losses("jsonl0", 0.0, jsonl) == losses("jsonl1", 1.0, jsonl)
+    with pytest.raises(ValueError, match="think_context = 0.5 needs prompt_field"):
+        overrides = ["data.think_context=0.5", 'data.prompt_field="instruction"']
+        load_recipe(sft_recipe(tmp_path, name="bad.toml"), overrides)
+    with pytest.raises(ValueError, match=r"think_context must be in \[0, 1\]"):
+        load_recipe(sft_recipe(tmp_path, name="bad2.toml"), ["data.think_context=1.5"])
+
+
 def test_a_stage_can_start_from_a_deepened_dit(tmp_path):
     """The deepened DiT starts where the trained one is: the same first loss on the same batch."""
     first = train(load_recipe(sft_recipe(tmp_path, extra='stage = "dit"'), ["run.max_steps=2", "run.save_every=0"]))

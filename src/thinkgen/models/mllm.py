@@ -124,6 +124,16 @@ def build_prompt(
     return system + user + assistant
 
 
+def thought_text(reasoning: str, answer: str) -> str:
+    """What the MLLM writes after the ``<think>\\n`` prefill, up to its end of turn: ``{reasoning}\\n</think>{answer}``
+    (``</think>{answer}`` without reasoning). The MLLM is trained to write this and the DiT may be trained on
+    its states (:meth:`ThinkGenMLLM.encode_thought`)."""
+    _check_no_control_tokens("reasoning", reasoning)
+    _check_no_control_tokens("answer", answer)
+    thought = f"{reasoning.strip()}\n" if reasoning.strip() else ""
+    return f"{thought}{CHAT_TOKENS.think_end}{answer.strip()}"
+
+
 class Qwen3VLImageProcessor(Qwen3VLProcessor):
     """Qwen3-VL's processor without its video branch.
 
@@ -532,7 +542,46 @@ class ThinkGenMLLM:
             return self._encode_think(
                 texts, images_per_row, thinking or ThinkingConfig(), logits_processor, streamer, num_samples_per_prompt
             )
-        return self._encode_no_think(prompts, texts, images_per_row)
+        return self._encode_one_pass(prompts, texts, images_per_row)
+
+    def encode_thought(
+        self,
+        prompt: str | Sequence[str],
+        reasoning: str | Sequence[str],
+        answer: str | Sequence[str],
+        images: Sequence[Image.Image] | Sequence[Sequence[Image.Image]] | None = None,
+    ) -> MLLMOutput:
+        """The instruction states a think-mode call gives when the MLLM writes ``reasoning`` and ``answer``,
+        computed in one teacher-forced forward pass instead of by generation.
+
+        In think mode the DiT reads the answer's states in the context of the user's prompt and the thought;
+        the no-think template puts the caption itself in the user turn. Training the DiT on these states
+        (``data.prompt_field = "thought"``) trains it on what it reads at think-mode inference.
+
+        Args:
+            prompt (`str` or `list[str]`): the user prompts.
+            reasoning (`str` or `list[str]`): the thought of each prompt (may be empty).
+            answer (`str` or `list[str]`): the instruction written after ``</think>``.
+            images (*optional*): as for :meth:`encode_prompt`.
+
+        Returns:
+            :class:`MLLMOutput` with ``reasoning`` and ``instruction`` as given.
+        """
+        prompts, images_per_row = self._normalize(prompt, images)
+        reasonings = [reasoning] if isinstance(reasoning, str) else list(reasoning)
+        answers = [answer] if isinstance(answer, str) else list(answer)
+        if not len(prompts) == len(reasonings) == len(answers):
+            raise ValueError(
+                f"got {len(prompts)} prompts, {len(reasonings)} reasonings and {len(answers)} answers; "
+                "give one of each per row"
+            )
+        texts = [
+            build_prompt(p, len(row), think=True, system_prompt=self.system_prompt) + thought_text(r, a)
+            for p, row, r, a in zip(prompts, images_per_row, reasonings, answers)
+        ]
+        out = self._encode_one_pass([a.strip() for a in answers], texts, images_per_row)
+        out.reasoning = [r.strip() for r in reasonings]
+        return out
 
     @property
     def _reads_second_to_last(self) -> bool:
@@ -551,9 +600,11 @@ class ThinkGenMLLM:
         mask = refined.instruction_mask[..., None].to(self.device)
         return torch.cat([embedded.to(states.dtype) * mask, states[..., self.hidden_size :]], dim=-1)
 
-    def _encode_no_think(
-        self, prompts: list[str], texts: list[str], images: list[list[Image.Image]]
+    def _encode_one_pass(
+        self, instructions: list[str], texts: list[str], images: list[list[Image.Image]]
     ) -> MLLMOutput:
+        """States of the span after ``</think>`` of whole texts (the no-think template, or a given thought),
+        in one forward pass."""
         # Right padding: the model's default positions (arange for text, M-RoPE from the mask for images)
         # are then exact for every real token.
         inputs = self._processor_inputs(texts, images, padding_side="right")
@@ -578,7 +629,7 @@ class ThinkGenMLLM:
             is_thought_closed=refined.is_thought_closed,
             text=["" for _ in texts],
             reasoning=["" for _ in texts],
-            instruction=list(prompts),
+            instruction=list(instructions),
             generated_ids=[empty for _ in texts],
             num_forward_calls=capture.num_forward_calls,
         )

@@ -166,6 +166,10 @@ class DataConfig:
             images of equal size form a bucket and every batch comes from one bucket.
         prompt_field: Text the DiT is conditioned on: ``answer`` (the instruction the MLLM writes after
             ``</think>``; falls back to ``instruction`` when a record has none) or ``instruction``.
+        think_context: Share of samples with an answer whose answer is encoded in the context a think-mode
+            call gives it (the user prompt, the thought, then the answer: :meth:`ThinkGenMLLM.encode_thought`)
+            instead of the pseudo-CoT template; needs ``prompt_field = "answer"``. 0 trains on the pseudo-CoT
+            template only, as the paper's stage 2.
         num_workers: DataLoader worker processes (0 loads in the training process).
     """
 
@@ -175,6 +179,7 @@ class DataConfig:
     max_image_pixels: int = 64 * 64
     size_multiple: int = 8
     prompt_field: str = "answer"
+    think_context: float = 0.0
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -194,6 +199,12 @@ class DataConfig:
             f"max_image_pixels ({self.max_image_pixels}) must be >= size_multiple² ({self.size_multiple**2})",
         )
         _one_of("prompt_field", self.prompt_field, PROMPT_FIELDS)
+        _require(0.0 <= self.think_context <= 1.0, f"think_context must be in [0, 1], got {self.think_context}")
+        _require(
+            self.think_context == 0.0 or self.prompt_field == "answer",
+            f"think_context = {self.think_context} needs prompt_field = \"answer\" (the think-mode context ends "
+            f"with the answer), got {self.prompt_field!r}",
+        )
         _require(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
 
 
@@ -498,6 +509,11 @@ class MLLMSFTConfig:
         _require(
             self.distributed.strategy == "auto",
             "distributed.strategy must be 'auto' for the MLLM stage (the nano MLLM fits every device whole)",
+        )
+        _require(
+            self.data.think_context == 0.0,
+            "data.think_context is a DiT-stage setting (which states the DiT trains on); the MLLM stage learns "
+            "to write the thought itself, so leave it at 0",
         )
 
 

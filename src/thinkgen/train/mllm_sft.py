@@ -37,7 +37,14 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from transformers import Qwen3VLForConditionalGeneration
 
-from thinkgen.models.mllm import CHAT_TOKENS, SYSTEM_PROMPT, Qwen3VLImageProcessor, ThinkGenMLLM, build_prompt
+from thinkgen.models.mllm import (
+    CHAT_TOKENS,
+    SYSTEM_PROMPT,
+    Qwen3VLImageProcessor,
+    ThinkGenMLLM,
+    build_prompt,
+    thought_text,
+)
 from thinkgen.models.tiny import (
     DEFAULT_CORPUS,
     TinyQwen3VLSpec,
@@ -70,8 +77,7 @@ class MLLMSFTResult:
 
 def assistant_target(reasoning: str, answer: str) -> str:
     """The text the model generates after the ``<think>\\n`` prefill (see the module docstring)."""
-    thought = f"{reasoning.strip()}\n" if reasoning.strip() else ""
-    return f"{thought}{CHAT_TOKENS.think_end}{answer.strip()}{CHAT_TOKENS.im_end}"
+    return thought_text(reasoning, answer) + CHAT_TOKENS.im_end
 
 
 def tokenizer_corpus(sources: list[Source], num_samples: int) -> list[str]:

@@ -59,6 +59,9 @@ from thinkgen.train.distributed import OptimizerState, TrainableWeights, build_a
 from thinkgen.train.logs import MetricsLogger
 from thinkgen.train.optim import build_optimizer, build_scheduler
 
+# The think-mode context of a caption: (the user's prompt, the reasoning inside <think>…</think>).
+Thought = tuple[str, str]
+
 logger = logging.getLogger(__name__)
 
 
@@ -195,7 +198,10 @@ class EMA:
 
 
 class FeatureEncoder:
-    """No-think MLLM features of (caption, images) pairs, right-padded into a batch; optionally cached.
+    """MLLM features of (caption, images) pairs, right-padded into a batch; optionally cached.
+
+    A caption is encoded in the pseudo-CoT (no-think) template, or, given a thought ``(user prompt,
+    reasoning)``, after that prompt and thought as a think-mode call has it (:meth:`ThinkGenMLLM.encode_thought`).
 
     Args:
         mllm: The frozen MLLM.
@@ -209,40 +215,62 @@ class FeatureEncoder:
         self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     @staticmethod
-    def _key(prompt: str, images: list[Image.Image]) -> str:
+    def _key(prompt: str, images: list[Image.Image], thought: Thought | None) -> str:
         digest = hashlib.sha1(prompt.encode())
+        if thought is not None:
+            digest.update(b"\0thought\0" + "\0".join(thought).encode())
         for image in images:
             digest.update(f"{image.size}".encode())
             digest.update(image.tobytes())
         return digest.hexdigest()
 
-    def _encode(self, prompts: list[str], images: list[list[Image.Image]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-aligned ``states (B, L, 2D)`` (zeros past each instruction) and bool ``mask (B, L)``, L the
-        longest instruction."""
-        out = self.mllm.encode_prompt(prompts, images, think=False)
-        mask = out.instruction_mask.bool()
-        length = int(mask.sum(dim=1).max())
-        return out.instruction_states[:, :length], mask[:, :length]
+    def _encode_rows(
+        self, prompts: list[str], images: list[list[Image.Image]], thoughts: list[Thought | None], to_cpu: bool
+    ) -> list[torch.Tensor]:
+        """Per row, its states ``(n, 2D)``: one MLLM call per template, one copy off the device per call."""
+        rows: list[torch.Tensor | None] = [None] * len(prompts)
+        for with_thought in (False, True):
+            picked = [i for i, t in enumerate(thoughts) if (t is not None) == with_thought]
+            if not picked:
+                continue
+            if with_thought:
+                out = self.mllm.encode_thought(
+                    [thoughts[i][0] for i in picked], [thoughts[i][1] for i in picked],
+                    [prompts[i] for i in picked], [images[i] for i in picked],
+                )
+            else:
+                out = self.mllm.encode_prompt([prompts[i] for i in picked], [images[i] for i in picked], think=False)
+            states = out.instruction_states.cpu() if to_cpu else out.instruction_states
+            for i, row, n in zip(picked, states, out.instruction_mask.sum(dim=1).tolist()):
+                rows[i] = row[:n]
+        return rows
 
-    def __call__(self, prompts: list[str], images: list[list[Image.Image]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, prompts: list[str], images: list[list[Image.Image]], thoughts: list[Thought | None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``states (B, L, 2D)`` and a right-padded bool ``mask (B, L)``."""
+        thoughts = thoughts or [None] * len(prompts)
         if not self.max_cached:
-            return self._encode(prompts, images)
-        keys = [self._key(p, im) for p, im in zip(prompts, images)]
-        missing = [i for i, k in enumerate(keys) if k not in self.cache]
-        if missing:
-            states, mask = self._encode([prompts[i] for i in missing], [images[i] for i in missing])
-            states, lengths = states.cpu(), mask.sum(dim=1).tolist()  # one copy off the device for the batch
-            for i, row, n in zip(missing, states, lengths):
-                self.cache[keys[i]] = row[:n].clone()  # its own storage: an entry must not keep its batch alive
-                if len(self.cache) > self.max_cached:
-                    self.cache.popitem(last=False)
-        rows = [self.cache[k] for k in keys]  # on the CPU: padded there, moved in one copy
+            rows = self._encode_rows(prompts, images, thoughts, to_cpu=False)
+        else:
+            keys = [self._key(p, im, t) for p, im, t in zip(prompts, images, thoughts)]
+            missing = [i for i, k in enumerate(keys) if k not in self.cache]
+            if missing:
+                encoded = self._encode_rows(
+                    [prompts[i] for i in missing], [images[i] for i in missing], [thoughts[i] for i in missing],
+                    to_cpu=True,
+                )
+                for i, row in zip(missing, encoded):
+                    self.cache[keys[i]] = row.clone()  # its own storage: an entry must not keep its batch alive
+                    if len(self.cache) > self.max_cached:
+                        self.cache.popitem(last=False)
+            rows = [self.cache[k] for k in keys]  # on the CPU: padded there, moved in one copy
         length = max(r.shape[0] for r in rows)
         states = torch.stack([F.pad(r, (0, 0, 0, length - r.shape[0])) for r in rows])  # (B, L, 2D)
-        mask = torch.arange(length)[None] < torch.tensor([r.shape[0] for r in rows])[:, None]
+        mask = torch.arange(length, device=states.device)[None] < torch.tensor(
+            [r.shape[0] for r in rows], device=states.device
+        )[:, None]
         return states.to(self.mllm.device), mask.to(self.mllm.device)
-
 
 # ---- the flow-matching loss ---------------------------------------------------------------------------
 
@@ -296,6 +324,7 @@ def training_item(record: Record, data: DataConfig, glyphs: bool = False) -> dic
         references.append(render_glyphs(record.target_words, width, height, canvas_px=width))
     return {
         "prompt": record.answer if use_answer else record.instruction,
+        "thought": (record.instruction, record.reasoning) if use_answer else None,
         "input_images": record.input_images,
         "target": fit(record.output_image),
         "refs": [fit(image) for image in references],
@@ -341,7 +370,7 @@ def flow_matching_loss(
     latent_size = (x1.shape[-2], x1.shape[-1])
 
     # 2. Per-sample randomness, independent of how the global batch was split over processes.
-    times, noises, drop_text, drop_refs = [], [], [], []
+    times, noises, drop_text, drop_refs, in_thought = [], [], [], [], []
     for item in items:
         generator = R.item_generator(config.run.seed, step, item["slot"])
         u_text, u_refs = torch.rand(2, generator=generator).tolist()
@@ -349,13 +378,16 @@ def flow_matching_loss(
         drop_refs.append(u_refs < flow.ref_dropout)
         times.append(sample_time(generator, config, latent_size))
         noises.append(torch.randn(x1.shape[1:], generator=generator))
+        # Drawn last, so the draws above do not depend on the think-context share.
+        in_thought.append(bool(torch.rand((), generator=generator) < config.data.think_context))
     t = torch.tensor(times, device=device)  # (B,)
     x0 = torch.stack(noises).to(device)  # (B, C, h, w)
 
     # 3. Conditions: dropped text becomes the negative prompt (no images), as the sampler's u / r branches.
     prompts = [negative_text(flow.negative_prompt) if drop else item["prompt"] for item, drop in zip(items, drop_text)]
     images = [[] if drop else item["input_images"] for item, drop in zip(items, drop_text)]
-    text_states, text_mask = encoder(prompts, images)
+    thoughts = [item["thought"] if use and not drop else None for item, use, drop in zip(items, in_thought, drop_text)]
+    text_states, text_mask = encoder(prompts, images, thoughts)
     refs = encode_references([[] if drop else item["refs"] for item, drop in zip(items, drop_refs)], codec, device)
 
     # 4. Velocity prediction on the interpolant.
