@@ -50,6 +50,37 @@ def test_generation_matches_a_direct_pipeline_call(client, pipe):
         assert max_pixel_difference(decode_png(item["b64_json"]), expected) == 0
 
 
+def test_glyph_references_follow_the_request_switch_and_its_seed(pipe):
+    """On a glyph model, a quoted word gets a glyph reference laid out by the request's seed (``glyphs:
+    false`` turns it off), and such a request is never batched, where the layout would follow its place in
+    the batch instead."""
+    from thinkgen.pipeline import PipelineConfig, ThinkGenPipeline
+    from thinkgen.serve.schemas import ImageGenerationRequest
+    from thinkgen.serve.worker import build_spec
+
+    glyph_pipe = ThinkGenPipeline(pipe.mllm, pipe.transformer, pipe.codec,
+                                  PipelineConfig(**{**pipe.config.__dict__, "glyph_preset": "nano"}))
+    app = create_app(tiny_settings(api_key=API_KEY), lambda settings: glyph_pipe)
+    prompt = 'the word "cat"'
+    with TestClient(app, headers=AUTH) as glyph_client:
+        for glyphs in (True, False):
+            r = glyph_client.post("/v1/images/generations", json={"prompt": prompt, "seed": 5, "glyphs": glyphs})
+            assert r.status_code == 200, r.text
+            expected = glyph_pipe(prompt, seed=5, glyphs=glyphs).images[0]
+            assert max_pixel_difference(decode_png(r.json()["data"][0]["b64_json"]), expected) == 0
+        with_glyph, without = (glyph_pipe(prompt, seed=5, glyphs=g).images[0] for g in (True, False))
+        assert with_glyph.tobytes() != without.tobytes()
+
+    def batch_key(prompt: str, glyphs: bool, model: ThinkGenPipeline):
+        request = ImageGenerationRequest(prompt=prompt, glyphs=glyphs, seed=0)
+        return build_spec(request, [], tiny_settings(), model.config).batch_key()
+
+    assert batch_key(prompt, True, glyph_pipe) is None
+    assert batch_key(prompt, False, glyph_pipe) is not None
+    assert batch_key("one red circle", True, glyph_pipe) is not None
+    assert batch_key(prompt, True, pipe) is not None  # no glyph preset: nothing to lay out
+
+
 def test_thinking_revised_prompt_is_the_instruction_after_think(client, pipe):
     r = client.post("/v1/images/generations", json={"prompt": "three stars", "think": True, "seed": 4})
     assert r.status_code == 200, r.text

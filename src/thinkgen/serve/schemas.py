@@ -67,6 +67,8 @@ class ImageGenerationRequest(BaseModel):
         num_inference_steps, guidance_scale, image_guidance_scale: ThinkGen extensions: sampler settings
             (default: the model's).
         max_thinking_tokens: ThinkGen extension: thinking budget (default and upper bound: the server's).
+        glyphs: ThinkGen extension: on a model trained with glyph references, give the DiT one of the text
+            the instruction quotes (``False``: the DiT reads the text alone); no effect on other models.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -85,6 +87,7 @@ class ImageGenerationRequest(BaseModel):
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
     image_guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
     max_thinking_tokens: int | None = Field(None, ge=0)
+    glyphs: bool = True
 
     @field_validator("think", mode="before")
     @classmethod

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
+from ..glyphs import quoted_texts
 from ..models.mllm import ThinkingConfig
 from ..models.refine import ThoughtNotClosedError
 from ..pipeline import PipelineConfig, ThinkGenPipeline, Think
@@ -60,8 +61,9 @@ class JobSpec:
         width, height: output size; None for an edit that keeps its input's size.
         num_inference_steps, guidance_scale, image_guidance_scale: sampler settings.
         think: ``True``, ``False`` or ``"auto"``.
-        seed: seeds noise and thinking.
+        seed: seeds noise, thinking and a glyph reference's layout.
         max_thinking_tokens: thinking budget.
+        glyphs: the request's glyph switch, where the model has a glyph preset (else False).
     """
 
     prompt: str
@@ -75,10 +77,13 @@ class JobSpec:
     think: Think
     seed: int
     max_thinking_tokens: int
+    glyphs: bool = False
 
     def batch_key(self) -> tuple[Any, ...] | None:
-        """Requests with equal keys may share a pipeline call; None: this one runs alone."""
-        if self.think is not False or self.images:
+        """Requests with equal keys may share a pipeline call; None: this one runs alone. A prompt that gets
+        a glyph reference runs alone too: a batched call would lay out its words by its place in the batch,
+        not by its seed."""
+        if self.think is not False or self.images or (self.glyphs and quoted_texts(self.prompt)):
             return None
         return (self.width, self.height, self.num_inference_steps, self.guidance_scale, self.image_guidance_scale,
                 self.num_images)
@@ -134,6 +139,7 @@ def build_spec(
         # A drawn seed is returned with the images, so every answer can be reproduced.
         seed=secrets.randbelow(2**31) if request.seed is None else request.seed,
         max_thinking_tokens=budget,
+        glyphs=request.glyphs and bool(config.glyph_preset),
     )
 
 
@@ -474,10 +480,13 @@ class ImageWorker:
             if self.settings.max_instruction_tokens is not None:
                 thinking = dataclasses.replace(thinking, max_instruction_tokens=self.settings.max_instruction_tokens)
             out = self.pipeline(first.prompt, images=first.images or None, think=first.think, seed=first.seed,
-                                thinking=thinking, streamer=_JobStreamer(jobs[0], self.pipeline), **kwargs)
+                                thinking=thinking, streamer=_JobStreamer(jobs[0], self.pipeline),
+                                glyphs=first.glyphs, **kwargs)
         else:
+            # Batched jobs quote no text or asked for no glyph (batch_key), so none gets a glyph reference.
             latents = torch.cat([self._noise(job.spec) for job in jobs])  # (sum n, C, h, w)
-            out = self.pipeline([job.spec.prompt for job in jobs], think=False, latents=latents, **kwargs)
+            out = self.pipeline([job.spec.prompt for job in jobs], think=False, latents=latents, glyphs=False,
+                                **kwargs)
         timings = {k: round(v, 6) for k, v in out.timings.items()}
         n = first.num_images
         results = []
