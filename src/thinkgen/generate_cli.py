@@ -91,8 +91,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_understand)
 
 
-def _load(args: argparse.Namespace):
-    """Check what can be checked without the model (a full-size model takes minutes to load), then load it."""
+def _load(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """Check what can be checked without the model (a full-size model takes minutes to load), then load it.
+
+    Returns:
+        The pipeline, and the input images decoded (once: the call takes them as they are).
+    """
     from .imageio import load_image
     from .pipeline import MAX_REFERENCE_IMAGES, load_pipeline
 
@@ -102,9 +106,8 @@ def _load(args: argparse.Namespace):
     images = getattr(args, "image", None) or []
     if len(images) > MAX_REFERENCE_IMAGES:
         raise ValueError(f"{len(images)} input images given; at most {MAX_REFERENCE_IMAGES} are allowed")
-    for path in images:
-        load_image(path)  # unreadable, missing or oversized files are named here
-    return load_pipeline(args.model, args.device, args.dtype)
+    decoded = [load_image(path) for path in images]  # unreadable, missing or oversized files are named here
+    return load_pipeline(args.model, args.device, args.dtype), decoded
 
 
 def _call_kwargs(args: argparse.Namespace, pipe, steps_bar: tqdm) -> dict[str, Any]:
@@ -139,18 +142,17 @@ def _settings(args: argparse.Namespace, pipe) -> dict[str, Any]:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    images = getattr(args, "image", None) or None
-    pipe = _load(args)
+    pipe, images = _load(args)
     steps = args.steps or pipe.config.num_inference_steps
     with tqdm(total=steps * 1, desc="denoising", disable=None, file=sys.stderr) as bar:
         streamer = _stderr_streamer(pipe.mllm.processor.tokenizer) if args.think else None
-        out = pipe(args.prompt, images=images, num_images_per_prompt=args.num_images, streamer=streamer,
+        out = pipe(args.prompt, images=images or None, num_images_per_prompt=args.num_images, streamer=streamer,
                    **_call_kwargs(args, pipe, bar))
     stem = "edit" if images else "generate"
     for k, image in enumerate(out.images):
         meta = {
             "prompt": args.prompt,
-            "input_images": [str(p) for p in images or []],
+            "input_images": [str(p) for p in getattr(args, "image", None) or []],
             "reasoning": out.reasoning[0],
             "instruction": out.instruction[0],
             "thought": out.thought[0],
@@ -167,7 +169,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _run_reflect(args: argparse.Namespace) -> int:
-    pipe = _load(args)
+    pipe, _ = _load(args)
     steps = args.steps or pipe.config.num_inference_steps
     with tqdm(total=steps * (args.rounds + 1), desc="denoising", disable=None, file=sys.stderr) as bar:
         kwargs = _call_kwargs(args, pipe, bar)
@@ -183,6 +185,6 @@ def _run_reflect(args: argparse.Namespace) -> int:
 
 
 def _run_understand(args: argparse.Namespace) -> int:
-    pipe = _load(args)
-    print(pipe.understand(args.image, args.question))
+    pipe, images = _load(args)
+    print(pipe.understand(images, args.question))
     return 0
