@@ -49,11 +49,12 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_best_holds_the_weights_of_the_best_evaluation_and_survives_a_resume(tmp_path):
     full = dit_grpo.train(_wobbly_dit(tmp_path / "full", 4), pipeline=build_tiny_pipeline())
     logged = read_metrics(tmp_path / "full")
+    assert [r["step"] for r in logged] == [0, 1, 2, 3, 4]  # the start is scored before the first update
     rewards = [r["eval_reward"] for r in logged]
-    best_step = rewards.index(max(rewards)) + 1
-    assert best_step < 4, f"the test needs a run whose last step is not its best: {rewards}"
+    best_step = rewards.index(max(rewards))
+    assert 0 < best_step < 4, f"the test needs a run whose best step is neither its start nor its end: {rewards}"
     assert _best(tmp_path / "full") == {"step": best_step, "eval_reward": max(rewards)}
-    assert [r["eval_best_reward"] for r in logged] == [max(rewards[:k + 1]) for k in range(4)]
+    assert [r["eval_best_reward"] for r in logged] == [max(rewards[:k + 1]) for k in range(5)]
     assert [p.name for p in (tmp_path / "full").iterdir() if p.name.startswith("best")] == ["best"]
 
     # Killed at the best step, then resumed: the weights there are that run's `final`, and the resumed run
@@ -65,6 +66,23 @@ def test_best_holds_the_weights_of_the_best_evaluation_and_survives_a_resume(tmp
     best = ThinkGenPipeline.from_pretrained(tmp_path / "full" / "best").transformer
     assert _same_weights(best, stopped.pipeline.transformer)
     assert not _same_weights(best, full.pipeline.transformer)
+
+
+@pytest.mark.parametrize(("trainer", "make_config", "trained"),
+                         [(mllm_grpo, mllm_config, "mllm"), (dit_grpo, dit_config, "transformer")])
+def test_a_run_that_never_beats_its_start_keeps_the_start(tmp_path, trainer, make_config, trained):
+    """At lr 0 every evaluation ties the start's, and only a strictly better one replaces it: ``best/`` is the
+    starting pipeline, so a next stage starts from what RL could not improve on."""
+    config = _keep_best(make_config(tmp_path, max_steps=2))
+    config.optim.lr = 0.0  # set past the recipe check, which refuses lr 0 as a mistake
+    start = build_tiny_pipeline()
+    trainer.train(config, pipeline=copy.deepcopy(start))
+    logged = read_metrics(tmp_path)
+    assert logged[0]["step"] == 0 and {r["eval_reward"] for r in logged} == {logged[0]["eval_reward"]}
+    assert _best(tmp_path)["step"] == 0
+    best = ThinkGenPipeline.from_pretrained(tmp_path / "best")
+    module = (lambda p: p.mllm.model) if trained == "mllm" else (lambda p: p.transformer)
+    assert _same_weights(module(best), module(start))
 
 
 @pytest.mark.parametrize(("trainer", "make_config"), [(mllm_grpo, mllm_config), (dit_grpo, dit_config)])
@@ -128,8 +146,8 @@ def test_keep_best_needs_evaluations():
 def test_sepgrpo_hands_on_best_and_falls_back_to_final(tmp_path):
     root = tmp_path / "sep"
     stage4 = _keep_best(mllm_config(tmp_path, max_steps=2))
-    # Stage 5 keeps its best but never evaluates within its one step: it hands on its `final`.
-    stage5 = _keep_best(dit_config(tmp_path, max_steps=1), every=5)
+    # Stage 5 keeps no best: it hands on its `final`.
+    stage5 = dataclasses.replace(dit_config(tmp_path, max_steps=1), eval=RLEvalConfig(every=0))
     result = train_sepgrpo(SepGRPOConfig(ScheduleConfig(output_dir=str(root)), stage4, stage5))
     stage4_dir, stage5_dir = root / "round0" / "stage4_mllm_grpo", root / "round0" / "stage5_dit_grpo"
     assert result.handed_on == [stage4_dir / "best", stage5_dir / "final"]

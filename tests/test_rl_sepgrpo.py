@@ -86,8 +86,9 @@ def test_thinkgen_train_runs_sepgrpo_end_to_end_and_resumes(tmp_path):
     stage4, stage5 = tmp_path / "sep" / "round0" / "stage4_mllm_grpo", tmp_path / "sep" / "round0" / "stage5_dit_grpo"
     for stage in (stage4, stage5):
         logged = read_metrics(stage)
-        assert [r["step"] for r in logged] == [1]
-        assert {"reward/composition", "reward/reflection", "eval_reward", "kl"} <= set(logged[0])
+        assert [r["step"] for r in logged] == [0, 1]  # the start's held-out reward, then the step's
+        assert "eval_reward" in logged[0]
+        assert {"reward/composition", "reward/reflection", "eval_reward", "kl"} <= set(logged[1])
     assert json.loads((stage5 / "config.json").read_text())["model"]["pipeline"] == str(stage4 / "final")
     assert (stage4 / "curves.png").is_file() and (stage5 / "curves.png").is_file()  # reward / KL curves
     pipeline = ThinkGenPipeline.from_pretrained(stage5 / "final")

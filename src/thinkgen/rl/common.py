@@ -459,6 +459,28 @@ def evaluate(
     return reward_metrics(scenarios, totals, named, prefix="eval_")
 
 
+def evaluate_step(
+    pipeline: ThinkGenPipeline,
+    model: torch.nn.Module,
+    step: int,
+    prompts: PromptConfig,
+    eval_config: RLEvalConfig,
+    sample: RolloutSampleConfig,
+    rewards: ScenarioRewards,
+    thinking: ThinkingConfig | None,
+    seed: int,
+    best: BestPipeline | None,
+) -> dict[str, float]:
+    """:func:`evaluate` at ``step``, offered to ``best`` (``eval_best_reward`` added) when it is kept. Step 0
+    is the starting pipeline: scored before the first update, it lets ``best/`` be the start itself when no
+    RL step beats it."""
+    scores = evaluate(pipeline, prompts, eval_config, sample, rewards, thinking, seed)
+    if best is not None:
+        best.offer(pipeline, model, step, scores["eval_reward"])
+        scores["eval_best_reward"] = best.reward
+    return scores
+
+
 # ---- eval.keep_best ------------------------------------------------------------------------------------
 
 BEST_DIR = "best"

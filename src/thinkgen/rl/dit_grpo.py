@@ -53,7 +53,7 @@ from thinkgen.rl.common import (
     PromptSource,
     ScenarioRewards,
     add_lora,
-    evaluate,
+    evaluate_step,
     greedy_thinking,
     group_advantages,
     load_pipeline,
@@ -301,6 +301,14 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
     metrics = MetricsLogger(output_dir, accelerator.is_main_process, config.run.use_tensorboard, step)
     bar = R.progress_bar(step, config.run.max_steps, accelerator.is_main_process)
     best = BestPipeline(output_dir, "transformer", accelerator) if config.eval.keep_best else None
+    eval_thinking = greedy_thinking(grpo.max_thinking_tokens, grpo.max_instruction_tokens) if grpo.think else None
+
+    def held_out(at: int) -> dict[str, float]:
+        return evaluate_step(pipeline, model, at, config.prompts, config.eval, sample, rewards, eval_thinking,
+                             config.run.seed, best)
+
+    if config.eval.every and step == 0:
+        metrics.log(0, held_out(0))
 
     # ---- the loop
     result = GRPOResult(step=step)
@@ -385,13 +393,7 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
         bar.update(1)
         bar.set_postfix(reward=f"{step_metrics['reward']:.3f}")
         if config.eval.every and step % config.eval.every == 0:
-            eval_thinking = (greedy_thinking(grpo.max_thinking_tokens, grpo.max_instruction_tokens)
-                             if grpo.think else None)
-            step_metrics.update(evaluate(pipeline, config.prompts, config.eval, sample, rewards, eval_thinking,
-                                         config.run.seed))
-            if best is not None:
-                best.offer(pipeline, model, step, step_metrics["eval_reward"])
-                step_metrics["eval_best_reward"] = best.reward
+            step_metrics.update(held_out(step))
         if step % config.run.log_every == 0 or step == config.run.max_steps:
             metrics.log(step, step_metrics)
         if config.run.save_every and step % config.run.save_every == 0 or step == config.run.max_steps:

@@ -49,7 +49,7 @@ from thinkgen.rl.common import (
     PromptSource,
     ScenarioRewards,
     add_lora,
-    evaluate,
+    evaluate_step,
     greedy_thinking,
     group_advantages,
     load_pipeline,
@@ -386,6 +386,14 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> G
     metrics = MetricsLogger(output_dir, accelerator.is_main_process, config.run.use_tensorboard, step)
     bar = R.progress_bar(step, config.run.max_steps, accelerator.is_main_process)
     best = BestPipeline(output_dir, "mllm", accelerator) if config.eval.keep_best else None
+    eval_thinking = greedy_thinking(grpo.max_thinking_tokens, grpo.max_instruction_tokens)
+
+    def held_out(at: int) -> dict[str, float]:
+        return evaluate_step(pipeline, model, at, config.prompts, config.eval, config.sample, rewards,
+                             eval_thinking, config.run.seed, best)
+
+    if config.eval.every and step == 0:
+        metrics.log(0, held_out(0))
 
     # ---- the loop
     result = GRPOResult(step=step)
@@ -472,12 +480,7 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> G
         bar.update(1)
         bar.set_postfix(reward=f"{step_metrics['reward']:.3f}")
         if config.eval.every and step % config.eval.every == 0:
-            eval_thinking = greedy_thinking(grpo.max_thinking_tokens, grpo.max_instruction_tokens)
-            step_metrics.update(evaluate(pipeline, config.prompts, config.eval, config.sample, rewards,
-                                         eval_thinking, config.run.seed))
-            if best is not None:
-                best.offer(pipeline, model, step, step_metrics["eval_reward"])
-                step_metrics["eval_best_reward"] = best.reward
+            step_metrics.update(held_out(step))
         if step % config.run.log_every == 0 or step == config.run.max_steps:
             metrics.log(step, step_metrics)
         if config.run.save_every and step % config.run.save_every == 0 or step == config.run.max_steps:

@@ -5,8 +5,9 @@ rollout of a group starts from the same noise, so reward differences come from t
 the MLLM's conditioning is fixed, so they come from the DiT's sampling. One recipe drives both; with
 ``schedule.num_rounds > 1`` the stages alternate, each starting from the pipeline the previous one
 exported: its ``{stage output_dir}/final``, or, when that stage has ``eval.keep_best``, its ``best`` (the
-highest held-out reward of its run; ``final`` still if no evaluation exported one), looked up when the next
-stage starts.
+highest held-out reward of its run, the start included: a stage that never beat its start hands the start
+on; ``final`` still if no evaluation exported one, as in a run resumed from before step-0 evaluations),
+looked up when the next stage starts.
 
 Commands:
 
