@@ -556,7 +556,7 @@ class ThinkGenMLLM:
 
         In think mode the DiT reads the answer's states in the context of the user's prompt and the thought;
         the no-think template puts the caption itself in the user turn. Training the DiT on these states
-        (``data.prompt_field = "thought"``) trains it on what it reads at think-mode inference.
+        (``data.think_context``) trains it on what it reads at think-mode inference.
 
         Args:
             prompt (`str` or `list[str]`): the user prompts.

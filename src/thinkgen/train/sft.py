@@ -272,6 +272,7 @@ class FeatureEncoder:
         )[:, None]
         return states.to(self.mllm.device), mask.to(self.mllm.device)
 
+
 # ---- the flow-matching loss ---------------------------------------------------------------------------
 
 
