@@ -118,6 +118,23 @@ def test_think_context_trains_on_the_states_a_think_mode_call_gives(tmp_path):
         load_recipe(sft_recipe(tmp_path, name="bad2.toml"), ["data.think_context=1.5"])
 
 
+def test_ink_weight_weighs_the_foreground_cells_of_the_loss(tmp_path):
+    """``flow.ink_weight`` weighs the latent cells under the target's drawing: it changes the loss from the
+    first step on world samples (small objects on a white canvas), and 1 is the plain MSE."""
+
+    def losses(folder: str, weight: float) -> list[float]:
+        (tmp_path / folder).mkdir()
+        recipe = sft_recipe(tmp_path / folder, extra='stage = "dit"')
+        train(load_recipe(recipe, ["run.max_steps=2", "run.save_every=0", f"flow.ink_weight={weight}"]))
+        return [r["loss"] for r in read_metrics(tmp_path / folder / "run")]
+
+    plain = losses("plain", 1.0)
+    assert losses("one", 1.0) == plain
+    assert losses("five", 5.0)[0] != plain[0]
+    with pytest.raises(ValueError, match="ink_weight must be > 0"):
+        load_recipe(sft_recipe(tmp_path, name="bad3.toml"), ["flow.ink_weight=0"])
+
+
 def test_a_stage_can_start_from_a_deepened_dit(tmp_path):
     """The deepened DiT starts where the trained one is: the same first loss on the same batch."""
     first = train(load_recipe(sft_recipe(tmp_path, extra='stage = "dit"'), ["run.max_steps=2", "run.save_every=0"]))

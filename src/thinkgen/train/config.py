@@ -332,6 +332,10 @@ class FlowConfig:
             and of the sample grids uses the same value.
         prompt_dropout: Probability that a sample's text is replaced by ``negative_prompt`` (CFG).
         ref_dropout: Probability that an edit sample's reference images are dropped (image CFG).
+        ink_weight: Loss weight of the latent cells under the target's foreground (pixels that differ from its
+            top-left pixel, taken as the background), relative to the rest; the loss is renormalised by the
+            mean weight. 1 (the paper's plain MSE) turns it off; above 1 keeps small objects on a plain
+            canvas from being a cheap cell to leave blank.
         negative_prompt: The text of the unconditional branch, as the sampler uses it.
     """
 
@@ -342,11 +346,13 @@ class FlowConfig:
     time_shift_reference_side: float = 40.0
     prompt_dropout: float = 0.1
     ref_dropout: float = 0.1
+    ink_weight: float = 1.0
     negative_prompt: str = ""
 
     def __post_init__(self) -> None:
         _one_of("time_distribution", self.time_distribution, TIME_DISTRIBUTIONS)
         _require(self.logit_std > 0, f"logit_std must be > 0, got {self.logit_std}")
+        _require(self.ink_weight > 0, f"ink_weight must be > 0, got {self.ink_weight}")
         _require(self.time_shift_reference_side > 0,
                  f"time_shift_reference_side must be > 0, got {self.time_shift_reference_side}")
         _require(0 <= self.prompt_dropout < 1, f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}")

@@ -401,7 +401,13 @@ def flow_matching_loss(
         text_attention_mask=text_mask,
         ref_image_hidden_states=refs if any(r is not None for r in refs) else None,
     ).sample
-    return F.mse_loss(velocity.float(), x1 - x0)
+    if flow.ink_weight == 1.0:
+        return F.mse_loss(velocity.float(), x1 - x0)
+    pixels = pil_to_tensor([item["target"] for item in items]).to(device)  # (B, 3, H, W)
+    ink = (pixels - pixels[:, :, :1, :1]).abs().amax(dim=1, keepdim=True) > 0.1  # (B, 1, H, W)
+    ink = F.adaptive_max_pool2d(ink.float(), latent_size)  # (B, 1, h, w)
+    weight = 1.0 + (flow.ink_weight - 1.0) * ink
+    return ((velocity.float() - (x1 - x0)) ** 2 * weight).mean() / weight.mean()
 
 
 # ---- samples at intervals --------------------------------------------------------------------------
