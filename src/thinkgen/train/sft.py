@@ -366,8 +366,9 @@ def flow_matching_loss(
     """
     flow = config.flow
     # 1. Target latents (the codec's posterior mode: deterministic, and the FLUX posterior is narrow).
+    pixels = pil_to_tensor([item["target"] for item in items]).to(device)  # (B, 3, H, W)
     with torch.no_grad():
-        x1 = codec.encode(pil_to_tensor([item["target"] for item in items]).to(device)).float()  # (B, C, h, w)
+        x1 = codec.encode(pixels).float()  # (B, C, h, w)
     latent_size = (x1.shape[-2], x1.shape[-1])
 
     # 2. Per-sample randomness, independent of how the global batch was split over processes.
@@ -403,7 +404,6 @@ def flow_matching_loss(
     ).sample
     if flow.ink_weight == 1.0:
         return F.mse_loss(velocity.float(), x1 - x0)
-    pixels = pil_to_tensor([item["target"] for item in items]).to(device)  # (B, 3, H, W)
     ink = (pixels - pixels[:, :, :1, :1]).abs().amax(dim=1, keepdim=True) > 0.1  # (B, 1, H, W)
     ink = F.adaptive_max_pool2d(ink.float(), latent_size)  # (B, 1, h, w)
     weight = 1.0 + (flow.ink_weight - 1.0) * ink
