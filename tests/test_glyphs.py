@@ -1,18 +1,22 @@
 """Glyph references: the planned layout is the world's own word layout, the pipeline gives the DiT (and only
 the DiT) a glyph reference in text-to-image calls that quote text, the trainer gives text-to-image world
-samples their target's words, and RL rollouts read the same references."""
+samples their target's words, and RL rollouts read the same references. Object marks: the planner counts
+what the world's instructions name, places it as the world does, and the trainer marks the target's boxes."""
 
 from __future__ import annotations
 
 import dataclasses
 import random
+from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from train_recipes import sft_recipe
 
 from rl_support import dit_config
-from thinkgen.glyphs import plan_glyphs, quoted_texts, render_glyphs
+
+from thinkgen.glyphs import OBJECT_MARK_RGB, ObjectPlan, plan_glyphs, planned_objects, quoted_texts, render_glyphs
 from thinkgen.pipeline import PipelineConfig, ThinkGenPipeline
 from thinkgen.rl.common import PromptItem
 from thinkgen.rl.dit_grpo import rollout_group
@@ -20,8 +24,11 @@ from thinkgen.sampling import flow_timesteps
 from thinkgen.train.config import DataConfig, SourceConfig, load_recipe
 from thinkgen.train.data import WorldSource
 from thinkgen.train.sft import train, training_item
+from thinkgen.world._components import label
+from thinkgen.world.geometry import holds_clearly
 from thinkgen.world.layout import compose
 from thinkgen.world.render import render
+from thinkgen.world.scenarios import generate
 from thinkgen.world.scene import Scene, get_preset
 from tiny_pipeline import build_tiny_pipeline
 
@@ -134,3 +141,107 @@ def test_dit_grpo_rollouts_read_the_glyph_reference(tmp_path):
     assert with_glyph.conditions.cond.ref_image_hidden_states is not None
     assert without.conditions.cond.ref_image_hidden_states is None
     assert not torch.equal(with_glyph.latents[0][-1], without.latents[0][-1])
+
+
+# ---- object marks ------------------------------------------------------------------------------------
+
+
+def _marked_boxes(image, canvas_px):
+    """Centres (x, y, canvas fractions) of the grey marks' boxes, read back from the pixels, sorted (anti-aliased
+    pixels of a letter can share the mark's grey, but never fill a rectangle)."""
+    components = label((np.asarray(image) == OBJECT_MARK_RGB).all(axis=-1))
+    return _sorted([((c0 + c1) / 2 / canvas_px, (r0 + r1) / 2 / canvas_px)
+                    for (r0, c0, r1, c1), area in zip(components.boxes, components.areas)
+                    if area >= 50 and area == (r1 - r0) * (c1 - c0)])
+
+
+def _centres(objects):
+    return _sorted([(o.x, o.y) for o in objects])
+
+
+def _sorted(centres):
+    """In reading order of the coarse position, so a pixel of rounding never reorders two centres."""
+    return np.array(sorted(centres, key=lambda c: (round(c[1], 1), round(c[0], 1))))
+
+
+@pytest.mark.parametrize("scenario", ["composition", "text", "reasoning"])
+def test_the_planner_reads_every_instruction_the_world_writes_after_thinking(scenario):
+    """The MLLM's instruction is the world's answer: the planner counts each of its shapes right and keeps its
+    relation, so a planned layout holds what the target holds."""
+    config = get_preset("nano")
+    for index in range(150):
+        sample = generate(scenario, index, config=config, seed=3, split="test")
+        plan = planned_objects(sample.answer, config)
+        target = sample.target.objects
+        if not target:
+            assert plan is None
+            continue
+        assert Counter(plan.shapes) == Counter(o.shape for o in target), sample.answer
+        if plan.relation is not None:
+            name, i, j = plan.relation
+            by_shape = {o.shape: o for o in target}  # a relation's two shapes differ
+            assert holds_clearly(name, by_shape[plan.shapes[i]].box(), by_shape[plan.shapes[j]].box())
+
+
+def test_the_planner_reads_varied_phrasing_and_leaves_riddles_to_the_mllm():
+    config = get_preset("nano")
+    assert planned_objects("a photo of 3 stars coloured red", config) == ObjectPlan(("star",) * 3)
+    assert planned_objects('a single circle that is blue and the word "star"', config) == ObjectPlan(("circle",))
+    assert planned_objects("exactly two squares as well as a triangle", config) == ObjectPlan(
+        ("square", "square", "triangle"))
+    assert planned_objects("one red star to the left of one blue circle", config) == ObjectPlan(
+        ("star", "circle"), ("left of", 0, 1))
+    assert planned_objects("a circle with a star beneath it", config) == ObjectPlan(("circle", "star"),
+                                                                                    ("below", 1, 0))
+    for riddle in ("draw as many stars as a tricycle has wheels", "draw six minus two blue stars",
+                   "one star for each leg of a horse", "some triangles", "two star", "one red hexagon",
+                   "five circles"):  # nano holds at most four objects
+        assert planned_objects(riddle, config) is None, riddle
+
+
+@pytest.mark.parametrize("seed", [0, 7, 123])
+def test_a_planned_layout_marks_the_boxes_the_world_would_place(seed):
+    config = get_preset("nano")
+    world = compose(config, random.Random(seed), [("star", "red"), ("star", "red"), ("circle", "blue")], ["cat"])
+    planned = plan_glyphs('two red stars, one blue circle and the word "cat"', "nano", 64, 64, seed, objects=True)
+    np.testing.assert_allclose(_marked_boxes(planned, 64), _centres(world.objects), atol=0.02)
+    assert plan_glyphs("two red stars", "nano", 64, 64, seed) is None  # no marks unless asked
+    related = plan_glyphs("one star above one circle", "nano", 64, 64, seed, objects=True)
+    (_, y0), (_, y1) = sorted(_marked_boxes(related, 64), key=lambda c: c[1])
+    assert y1 - y0 > 0.2  # one box clearly above the other, as "above" needs
+    assert plan_glyphs("draw as many stars as a tricycle has wheels", "nano", 64, 64, seed, objects=True) is None
+
+
+def test_training_items_mark_their_target_objects():
+    data = DataConfig()
+    source = WorldSource(SourceConfig(scenarios=["composition", "text", "edit"]))
+    marked = 0
+    for index in range(16):
+        record = source.load(index)
+        item = training_item(record, data, glyphs=True, glyph_objects=True)
+        if record.input_images:
+            assert len(item["refs"]) == len(record.input_images)
+            continue
+        (reference,) = item["refs"]
+        expected = render_glyphs(record.target_words, 64, 64, 64, objects=record.target_objects)
+        assert reference.tobytes() == expected.tobytes()
+        if record.target_objects:
+            np.testing.assert_allclose(_marked_boxes(reference, 64), _centres(record.target_objects), atol=0.02)
+            marked += 1
+    assert marked >= 4
+
+
+def test_object_marks_reach_the_dit_and_the_saved_config(tmp_path):
+    plain = build_tiny_pipeline()
+    marks = ThinkGenPipeline(plain.mllm, plain.transformer, plain.codec, PipelineConfig(
+        **{**plain.config.__dict__, "glyph_preset": "nano", "glyph_objects": True}))
+    out = marks("two red stars", seed=0)
+    assert out.glyphs[0].tobytes() == plan_glyphs("two red stars", "nano", 16, 16, "0:0", objects=True).tobytes()
+    assert out.images[0].tobytes() != plain("two red stars", seed=0).images[0].tobytes()
+    marks.save_pretrained(tmp_path / "p")
+    assert ThinkGenPipeline.from_pretrained(tmp_path / "p").config.glyph_objects is True
+    with pytest.raises(ValueError, match="glyph_preset"):
+        PipelineConfig(glyph_objects=True)
+    recipe = sft_recipe(tmp_path, extra='stage = "dit"')
+    with pytest.raises(ValueError, match="glyph_preset"):
+        load_recipe(recipe, ["model.glyph_objects=true"])

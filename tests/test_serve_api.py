@@ -79,6 +79,12 @@ def test_glyph_references_follow_the_request_switch_and_its_seed(pipe):
     assert batch_key(prompt, False, glyph_pipe) is not None
     assert batch_key("one red circle", True, glyph_pipe) is not None
     assert batch_key(prompt, True, pipe) is not None  # no glyph preset: nothing to lay out
+    # A model that marks objects lays out "one red circle" too, so that request runs alone as well.
+    marks_pipe = ThinkGenPipeline(pipe.mllm, pipe.transformer, pipe.codec, PipelineConfig(
+        **{**pipe.config.__dict__, "glyph_preset": "nano", "glyph_objects": True}))
+    assert batch_key("one red circle", True, marks_pipe) is None
+    assert batch_key("one red circle", False, marks_pipe) is not None
+    assert batch_key("as many circles as a tricycle has wheels", True, marks_pipe) is not None  # nothing planned
 
 
 def test_thinking_revised_prompt_is_the_instruction_after_think(client, pipe):

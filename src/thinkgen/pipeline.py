@@ -84,6 +84,9 @@ class PipelineConfig:
             instruction quotes, given to the DiT as one more reference image in text-to-image calls
             (:mod:`thinkgen.glyphs`); ``None`` (the released model) draws none. Only for a DiT trained with
             glyph references.
+        glyph_objects: glyph references also mark where each object the instruction names goes (light grey
+            boxes of a layout planned by the preset's rules), so an instruction naming objects gets one too.
+            Only for a DiT trained with object marks; needs ``glyph_preset``.
     """
 
     height: int = 1024
@@ -101,6 +104,7 @@ class PipelineConfig:
     reflection_template: str = "The prompt was: {prompt}. Does the image match? If not, give an edit that fixes it."
     match_verdict: str = "The image already matches the prompt."
     glyph_preset: str | None = None
+    glyph_objects: bool = False
 
     def __post_init__(self) -> None:
         self.cfg_range = tuple(self.cfg_range)  # JSON gives a list
@@ -111,6 +115,8 @@ class PipelineConfig:
             raise ValueError("reflection_template must contain '{prompt}'")
         if self.glyph_preset is not None:
             get_preset(self.glyph_preset)
+        if self.glyph_objects and self.glyph_preset is None:
+            raise ValueError("glyph_objects marks objects in glyph references: set glyph_preset too")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
@@ -517,7 +523,8 @@ class ThinkGenPipeline:
         glyph preset or the instruction quotes nothing drawable."""
         if self.config.glyph_preset is None:
             return None
-        return plan_glyphs(instruction, self.config.glyph_preset, width, height, seed)
+        return plan_glyphs(instruction, self.config.glyph_preset, width, height, seed,
+                           objects=self.config.glyph_objects)
 
     def dit_references(
         self, images: Sequence[Image.Image], instruction: str, width: int, height: int, seed: str | int | None
@@ -579,9 +586,10 @@ class ThinkGenPipeline:
             output_type: ``"pil"``, ``"pt"`` (tensor in [-1, 1]) or ``"latent"``.
             streamer: receives the MLLM's tokens as they are generated (one thinking prompt).
             callback: ``callback(step, latents)`` after each denoising step.
-            glyphs: give the DiT a glyph reference of the instruction's quoted texts in text-to-image calls,
-                where the config names a glyph preset (``False`` draws from the text alone); its layout is
-                seeded like thinking (``seed``, else ``thinking.seed``).
+            glyphs: give the DiT a glyph reference of the instruction's quoted texts (and, where the config
+                says ``glyph_objects``, of its objects) in text-to-image calls, where the config names a glyph
+                preset (``False`` draws from the text alone); its layout is seeded like thinking (``seed``,
+                else ``thinking.seed``).
 
         Returns:
             :class:`ThinkGenPipelineOutput`.

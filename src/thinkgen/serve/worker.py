@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
-from ..glyphs import quoted_texts
+from ..glyphs import has_glyph_reference
 from ..models.mllm import ThinkingConfig
 from ..models.refine import ThoughtNotClosedError
 from ..pipeline import PipelineConfig, ThinkGenPipeline, Think
@@ -64,6 +64,8 @@ class JobSpec:
         seed: seeds noise, thinking and a glyph reference's layout.
         max_thinking_tokens: thinking budget.
         glyphs: the request's glyph switch, where the model has a glyph preset (else False).
+        glyph_reference: whether a text-to-image call of ``prompt`` gets a glyph reference (quoted text, or
+            objects on a model trained with object marks).
     """
 
     prompt: str
@@ -78,12 +80,13 @@ class JobSpec:
     seed: int
     max_thinking_tokens: int
     glyphs: bool = False
+    glyph_reference: bool = False
 
     def batch_key(self) -> tuple[Any, ...] | None:
         """Requests with equal keys may share a pipeline call; None: this one runs alone. A prompt that gets
         a glyph reference runs alone too: a batched call would lay out its words by its place in the batch,
         not by its seed."""
-        if self.think is not False or self.images or (self.glyphs and quoted_texts(self.prompt)):
+        if self.think is not False or self.images or self.glyph_reference:
             return None
         return (self.width, self.height, self.num_inference_steps, self.guidance_scale, self.image_guidance_scale,
                 self.num_images)
@@ -124,6 +127,7 @@ def build_spec(
     budget = settings.max_thinking_tokens if request.max_thinking_tokens is None else request.max_thinking_tokens
     if budget > settings.max_thinking_tokens:
         raise _over_limit("max_thinking_tokens", budget, settings.max_thinking_tokens)
+    glyphs = request.glyphs and bool(config.glyph_preset)
     return JobSpec(
         prompt=request.prompt,
         images=images,
@@ -139,7 +143,8 @@ def build_spec(
         # A drawn seed is returned with the images, so every answer can be reproduced.
         seed=secrets.randbelow(2**31) if request.seed is None else request.seed,
         max_thinking_tokens=budget,
-        glyphs=request.glyphs and bool(config.glyph_preset),
+        glyphs=glyphs,
+        glyph_reference=glyphs and has_glyph_reference(request.prompt, config.glyph_preset, config.glyph_objects),
     )
 
 

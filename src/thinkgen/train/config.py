@@ -285,6 +285,9 @@ class DiTModelConfig:
             preset: every text-to-image sample of a world source gets its target's words rendered alone as a
             reference image, and the exported pipeline plans one for every instruction that quotes text.
             World sources must then use this preset; JSONL samples get none. Empty: no glyph references.
+        glyph_objects: Glyph references also mark the box of each object (:mod:`thinkgen.glyphs`), the target's
+            in training and a planned layout at inference, so every text-to-image world sample gets one.
+            Needs ``glyph_preset``.
     """
 
     mllm: str = "tiny"
@@ -294,6 +297,7 @@ class DiTModelConfig:
     dit: dict[str, Any] = field(default_factory=dict)
     codec: str = "pixel"
     glyph_preset: str = ""
+    glyph_objects: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.mllm), "mllm must be a folder or 'tiny'")
@@ -314,6 +318,8 @@ class DiTModelConfig:
                 get_preset(self.glyph_preset)
             except ValueError as err:
                 raise ValueError(f"glyph_preset: {err}") from None
+        _require(not self.glyph_objects or bool(self.glyph_preset),
+                 "glyph_objects marks objects in glyph references: set glyph_preset too")
 
 
 @dataclass

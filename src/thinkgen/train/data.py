@@ -37,7 +37,7 @@ from thinkgen.imageio import load_image
 from thinkgen.train.config import DataConfig, SourceConfig
 from thinkgen.world.sample import WorldSample
 from thinkgen.world.scenarios import generate, pick_scenario, resolve_scenarios
-from thinkgen.world.scene import Word, get_preset
+from thinkgen.world.scene import SceneObject, Word, get_preset
 from thinkgen.world.splits import check_split
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class Record:
         output_image: The target image, RGB (``None`` when it was not asked for).
         target_words: The words of the target and their boxes (world sources only): what a glyph reference
             shows.
+        target_objects: The objects of the target (world sources only): where a glyph reference with object
+            marks puts its boxes.
     """
 
     instruction: str
@@ -74,6 +76,7 @@ class Record:
     input_images: list[Image.Image]
     output_image: Image.Image | None
     target_words: tuple[Word, ...] = ()
+    target_objects: tuple[SceneObject, ...] = ()
 
 
 # ---- image sizes -----------------------------------------------------------------------------------
@@ -137,6 +140,7 @@ class WorldSource:
             input_images=sample.input_images(),
             output_image=sample.target_image() if with_output else None,
             target_words=sample.target.words,
+            target_objects=sample.target.objects,
         )
 
 

@@ -305,11 +305,15 @@ def sample_time(generator: torch.Generator, config: SFTStageConfig, latent_size:
     return t
 
 
-def training_item(record: Record, data: DataConfig, glyphs: bool = False) -> dict[str, Any]:
+def training_item(
+    record: Record, data: DataConfig, glyphs: bool = False, glyph_objects: bool = False
+) -> dict[str, Any]:
     """A record as the loss reads it: caption, MLLM input images, target and references fitted to size.
 
     With ``glyphs``, a text-to-image record whose target shows words gets a glyph reference: those words
-    alone at their own boxes (:mod:`thinkgen.glyphs`), a reference for the DiT only.
+    alone at their own boxes (:mod:`thinkgen.glyphs`), a reference for the DiT only. With ``glyph_objects``
+    too, the reference also marks the box of each target object, and every text-to-image record with
+    objects gets one.
 
     Images stay PIL until the loss stacks them: a DataLoader worker hands a PIL image over as its bytes, a
     tensor as a shared-memory handle of its own, which costs far more (``benchmarks/sft_input_pipeline.py``).
@@ -320,9 +324,10 @@ def training_item(record: Record, data: DataConfig, glyphs: bool = False) -> dic
 
     use_answer = data.prompt_field == "answer" and record.answer
     references = list(record.input_images)
-    if glyphs and not references and record.target_words:
+    marked = record.target_objects if glyph_objects else ()
+    if glyphs and not references and (record.target_words or marked):
         width, height = record.output_image.size
-        references.append(render_glyphs(record.target_words, width, height, canvas_px=width))
+        references.append(render_glyphs(record.target_words, width, height, canvas_px=width, objects=marked))
     return {
         "prompt": record.answer if use_answer else record.instruction,
         "thought": (record.instruction, record.reasoning) if use_answer else None,
@@ -433,8 +438,8 @@ def save_sample_grid(
     noise = torch.randn(len(prompts), codec.latent_channels, side, side, generator=generator).to(device)
     refs = None
     if config.model.glyph_preset:
-        glyphs = [plan_glyphs(p, config.model.glyph_preset, sample.image_size, sample.image_size, sample.seed)
-                  for p in prompts]
+        glyphs = [plan_glyphs(p, config.model.glyph_preset, sample.image_size, sample.image_size, sample.seed,
+                              objects=config.model.glyph_objects) for p in prompts]
         refs = encode_references([[g] if g else [] for g in glyphs], codec, device)
     model.eval()
     latents = sample_latents(
@@ -483,7 +488,7 @@ def export_final(
         num_inference_steps=config.sample.num_inference_steps, guidance_scale=config.sample.guidance_scale,
         negative_prompt=config.flow.negative_prompt, max_image_pixels=config.data.max_image_pixels,
         time_shift_reference_side=config.flow.time_shift_reference_side,
-        glyph_preset=config.model.glyph_preset or None,
+        glyph_preset=config.model.glyph_preset or None, glyph_objects=config.model.glyph_objects,
     )
     ThinkGenPipeline(mllm, final, codec, defaults).save_pretrained(output_dir / "final")
     logger.info("wrote %s", output_dir / "final")
@@ -551,7 +556,8 @@ def train(config: SFTStageConfig) -> SFTResult:
         width, height = fitted_size(*source.image_size(index), data.max_image_pixels, data.size_multiple)
         return f"{width}x{height}"
 
-    to_item = functools.partial(training_item, data=data, glyphs=bool(config.model.glyph_preset))
+    to_item = functools.partial(training_item, data=data, glyphs=bool(config.model.glyph_preset),
+                                glyph_objects=config.model.glyph_objects)
     planner, start_batches = R.make_batches(accelerator, data, sources, config.run.seed, bucket_of, to_item, True)
 
     # ---- checkpoints: resume exactly where the newest one left off

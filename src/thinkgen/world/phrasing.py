@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from .knowledge import NUMBER_NAMES
 from .scene import Scene, SceneObject
 
-_RELATION_PHRASES: dict[str, tuple[str, ...]] = {
+RELATION_PHRASES: dict[str, tuple[str, ...]] = {
     "left of": ("to the left of", "left of", "on the left of"),
     "right of": ("to the right of", "right of", "on the right of"),
     "above": ("above", "over", "higher than"),
@@ -95,7 +95,7 @@ def join_and(parts: Sequence[str]) -> str:
 
 def relation_phrase(name: str, rng: random.Random | None = None) -> str:
     """``"left of"`` → ``"to the left of"`` (canonical) or a synonym (varied)."""
-    phrases = _RELATION_PHRASES[name]
+    phrases = RELATION_PHRASES[name]
     return phrases[0] if rng is None else rng.choice(phrases)
 
 
