@@ -23,6 +23,7 @@ from thinkgen.rl.dit_grpo import rollout_group
 from thinkgen.sampling import flow_timesteps
 from thinkgen.train.config import DataConfig, SourceConfig, load_recipe
 from thinkgen.train.data import WorldSource
+from thinkgen.train.logs import read_metrics
 from thinkgen.train.sft import train, training_item
 from thinkgen.world._components import label
 from thinkgen.world.geometry import holds_clearly
@@ -227,8 +228,33 @@ def test_training_items_mark_their_target_objects():
         assert reference.tobytes() == expected.tobytes()
         if record.target_objects:
             np.testing.assert_allclose(_marked_boxes(reference, 64), _centres(record.target_objects), atol=0.02)
+            # Without its marks (flow.mark_dropout): the words' glyph reference, or none.
+            words = [render_glyphs(record.target_words, 64, 64, 64).tobytes()] if record.target_words else []
+            assert [image.tobytes() for image in item["unmarked_refs"]] == words
             marked += 1
+        else:
+            assert item["unmarked_refs"] is None
     assert marked >= 4
+
+
+def test_mark_dropout_trains_on_the_references_without_their_marks(tmp_path):
+    """Composition samples quote no words: with every mark dropped the DiT reads no reference, as in a stage
+    without object marks (same samples, noise and times), and with none dropped it reads the marks."""
+
+    def losses(folder: str, *settings: str) -> list[float]:
+        (tmp_path / folder).mkdir()
+        recipe = sft_recipe(tmp_path / folder, extra='stage = "dit"',
+                            sources='[[data.sources]]\nscenarios = ["composition"]\n')
+        recipe.write_text(recipe.read_text().replace('mllm = "tiny"', 'mllm = "tiny"\nglyph_preset = "nano"'))
+        # Three steps: the DiT's zero-initialised gates and output let the references act from the third on.
+        train(load_recipe(recipe, ["run.max_steps=3", "run.save_every=0", *settings]))
+        return [r["loss"] for r in read_metrics(tmp_path / folder / "run")]
+
+    unmarked = losses("unmarked")
+    assert losses("all_dropped", "model.glyph_objects=true", "flow.mark_dropout=0.999") == unmarked
+    assert losses("marked", "model.glyph_objects=true") != unmarked
+    with pytest.raises(ValueError, match="mark_dropout must be in"):
+        load_recipe(sft_recipe(tmp_path, name="bad.toml"), ["flow.mark_dropout=1.0"])
 
 
 def test_object_marks_reach_the_dit_and_the_saved_config(tmp_path):

@@ -338,6 +338,9 @@ class FlowConfig:
             and of the sample grids uses the same value.
         prompt_dropout: Probability that a sample's text is replaced by ``negative_prompt`` (CFG).
         ref_dropout: Probability that an edit sample's reference images are dropped (image CFG).
+        mark_dropout: Probability that a text-to-image sample's glyph reference leaves out its object marks
+            (``model.glyph_objects``), so that the DiT still places objects nothing marks, as an edit that
+            adds one must.
         ink_weight: Loss weight of the latent cells under the target's foreground (pixels that differ from its
             top-left pixel, taken as the background), relative to the rest; the loss is renormalised by the
             mean weight. 1 (the paper's plain MSE) turns it off; above 1 keeps small objects on a plain
@@ -352,6 +355,7 @@ class FlowConfig:
     time_shift_reference_side: float = 40.0
     prompt_dropout: float = 0.1
     ref_dropout: float = 0.1
+    mark_dropout: float = 0.0
     ink_weight: float = 1.0
     negative_prompt: str = ""
 
@@ -363,6 +367,7 @@ class FlowConfig:
                  f"time_shift_reference_side must be > 0, got {self.time_shift_reference_side}")
         _require(0 <= self.prompt_dropout < 1, f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
         _require(0 <= self.ref_dropout < 1, f"ref_dropout must be in [0, 1), got {self.ref_dropout}")
+        _require(0 <= self.mark_dropout < 1, f"mark_dropout must be in [0, 1), got {self.mark_dropout}")
 
 
 @dataclass

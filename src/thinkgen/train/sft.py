@@ -313,7 +313,7 @@ def training_item(
     With ``glyphs``, a text-to-image record whose target shows words gets a glyph reference: those words
     alone at their own boxes (:mod:`thinkgen.glyphs`), a reference for the DiT only. With ``glyph_objects``
     too, the reference also marks the box of each target object, and every text-to-image record with
-    objects gets one.
+    objects gets one; ``unmarked_refs`` then holds the references without the marks (``flow.mark_dropout``).
 
     Images stay PIL until the loss stacks them: a DataLoader worker hands a PIL image over as its bytes, a
     tensor as a shared-memory handle of its own, which costs far more (``benchmarks/sft_input_pipeline.py``).
@@ -324,16 +324,23 @@ def training_item(
 
     use_answer = data.prompt_field == "answer" and record.answer
     references = list(record.input_images)
-    marked = record.target_objects if glyph_objects else ()
-    if glyphs and not references and (record.target_words or marked):
+    unmarked = None  # the references without object marks, where they have some
+    if glyphs and not references:
         width, height = record.output_image.size
-        references.append(render_glyphs(record.target_words, width, height, canvas_px=width, objects=marked))
+        words = [render_glyphs(record.target_words, width, height, canvas_px=width)] if record.target_words else []
+        if glyph_objects and record.target_objects:
+            references = [render_glyphs(record.target_words, width, height, canvas_px=width,
+                                        objects=record.target_objects)]
+            unmarked = words
+        else:
+            references = words
     return {
         "prompt": record.answer if use_answer else record.instruction,
         "thought": (record.instruction, record.reasoning) if use_answer else None,
         "input_images": record.input_images,
         "target": fit(record.output_image),
         "refs": [fit(image) for image in references],
+        "unmarked_refs": None if unmarked is None else [fit(image) for image in unmarked],
     }
 
 
@@ -377,7 +384,7 @@ def flow_matching_loss(
     latent_size = (x1.shape[-2], x1.shape[-1])
 
     # 2. Per-sample randomness, independent of how the global batch was split over processes.
-    times, noises, drop_text, drop_refs, in_thought = [], [], [], [], []
+    times, noises, drop_text, drop_refs, in_thought, drop_marks = [], [], [], [], [], []
     for item in items:
         generator = R.item_generator(config.run.seed, step, item["slot"])
         u_text, u_refs = torch.rand(2, generator=generator).tolist()
@@ -387,6 +394,7 @@ def flow_matching_loss(
         noises.append(torch.randn(x1.shape[1:], generator=generator))
         # Drawn last, so the draws above do not depend on the think-context share.
         in_thought.append(bool(torch.rand((), generator=generator) < config.data.think_context))
+        drop_marks.append(bool(torch.rand((), generator=generator) < flow.mark_dropout))
     t = torch.tensor(times, device=device)  # (B,)
     x0 = torch.stack(noises).to(device)  # (B, C, h, w)
 
@@ -395,7 +403,9 @@ def flow_matching_loss(
     images = [[] if drop else item["input_images"] for item, drop in zip(items, drop_text)]
     thoughts = [item["thought"] if use and not drop else None for item, use, drop in zip(items, in_thought, drop_text)]
     text_states, text_mask = encoder(prompts, images, thoughts)
-    refs = encode_references([[] if drop else item["refs"] for item, drop in zip(items, drop_refs)], codec, device)
+    refs = [item["unmarked_refs"] if unmark and item["unmarked_refs"] is not None else item["refs"]
+            for item, unmark in zip(items, drop_marks)]
+    refs = encode_references([[] if drop else r for r, drop in zip(refs, drop_refs)], codec, device)
 
     # 4. Velocity prediction on the interpolant.
     t_b = t[:, None, None, None]
