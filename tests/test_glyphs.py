@@ -255,6 +255,8 @@ def test_mark_dropout_trains_on_the_references_without_their_marks(tmp_path):
     assert losses("marked", "model.glyph_objects=true") != unmarked
     with pytest.raises(ValueError, match="mark_dropout must be in"):
         load_recipe(sft_recipe(tmp_path, name="bad.toml"), ["flow.mark_dropout=1.0"])
+    with pytest.raises(ValueError, match="set model.glyph_objects"):
+        load_recipe(sft_recipe(tmp_path, name="bad.toml"), ["flow.mark_dropout=0.5"])
 
 
 def test_object_marks_reach_the_dit_and_the_saved_config(tmp_path):

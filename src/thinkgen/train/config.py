@@ -286,7 +286,8 @@ class DiTModelConfig:
             reference image, and the exported pipeline plans one for every instruction that quotes text.
             World sources must then use this preset; JSONL samples get none. Empty: no glyph references.
         glyph_objects: Glyph references also mark the box of each object (:mod:`thinkgen.glyphs`), the target's
-            in training and a planned layout at inference, so every text-to-image world sample gets one.
+            in training and a planned layout at inference, so every text-to-image world sample with objects
+            gets one.
             Needs ``glyph_preset``.
     """
 
@@ -466,6 +467,8 @@ class SFTStageConfig:
                 f"model.glyph_preset = {self.model.glyph_preset!r} but world sources use preset(s) {other}: "
                 "glyph references follow one preset's layout rules, so every world source must use it",
             )
+        _require(self.flow.mark_dropout == 0 or self.model.glyph_objects,
+                 f"flow.mark_dropout = {self.flow.mark_dropout} drops object marks: set model.glyph_objects too")
 
 
 # ---- the nano MLLM stage ---------------------------------------------------------------------------

@@ -392,7 +392,7 @@ def flow_matching_loss(
         drop_refs.append(u_refs < flow.ref_dropout)
         times.append(sample_time(generator, config, latent_size))
         noises.append(torch.randn(x1.shape[1:], generator=generator))
-        # Drawn last, so the draws above do not depend on the think-context share.
+        # Drawn after the rest, each newer setting later, so no earlier draw depends on them.
         in_thought.append(bool(torch.rand((), generator=generator) < config.data.think_context))
         drop_marks.append(bool(torch.rand((), generator=generator) < flow.mark_dropout))
     t = torch.tensor(times, device=device)  # (B,)
