@@ -141,13 +141,23 @@ def render_glyphs(
     return image if image.size == (width, height) else image.resize((width, height), Image.BICUBIC)
 
 
-def has_glyph_reference(instruction: str, preset: str, objects: bool = False) -> bool:
-    """Whether :func:`plan_glyphs` has something to show for ``instruction`` (it may still find no room for it)."""
-    config = get_preset(preset)
+def _glyph_content(
+    instruction: str, config: WorldConfig, objects: bool
+) -> tuple[list[str], ObjectPlan | None] | None:
+    """The texts and (with ``objects``) the object plan a glyph reference of ``instruction`` shows, or ``None``
+    when it shows nothing: no quoted text and no object plan, or more texts than the world writes in one image."""
     texts = quoted_texts(instruction)
     if len(texts) > config.max_words:
-        return False
-    return bool(texts) or objects and planned_objects(instruction, config) is not None
+        return None
+    plan = planned_objects(instruction, config) if objects else None
+    if not texts and plan is None:
+        return None
+    return texts, plan
+
+
+def has_glyph_reference(instruction: str, preset: str, objects: bool = False) -> bool:
+    """Whether :func:`plan_glyphs` has something to show for ``instruction`` (it may still find no room for it)."""
+    return _glyph_content(instruction, get_preset(preset), objects) is not None
 
 
 def plan_glyphs(
@@ -162,13 +172,11 @@ def plan_glyphs(
         objects: also mark where each object the instruction names goes (:func:`planned_objects`); a model
             trained without object marks must not be given them.
     """
-    texts = quoted_texts(instruction)
     config = get_preset(preset)
-    if len(texts) > config.max_words:
+    content = _glyph_content(instruction, config, objects)
+    if content is None:
         return None
-    plan = planned_objects(instruction, config) if objects else None
-    if not texts and plan is None:
-        return None
+    texts, plan = content
     # The colour of a mark is never drawn; the world's layout only needs (shape, colour) items to place.
     items = [(shape, config.colours[0]) for shape in (plan.shapes if plan else ())]
     rng = random.Random(seed)
