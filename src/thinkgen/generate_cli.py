@@ -55,8 +55,8 @@ def _add_sampling_args(parser: argparse.ArgumentParser, think_default: bool = Fa
                         help="output size (default: the model's, or the input image's for edits)")
     parser.add_argument("--max-thinking-tokens", type=int, default=None, help="thinking budget in tokens")
     parser.add_argument("--no-glyphs", action="store_true",
-                        help="no glyph reference of quoted text (or object marks), for a model trained with them "
-                        "(see thinkgen.glyphs)")
+                        help="no glyph reference of quoted text (or object or edit marks), for a model trained with "
+                        "them (see thinkgen.glyphs)")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
 
 

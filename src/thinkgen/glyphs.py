@@ -17,12 +17,21 @@ a reference with ``objects`` also shows a light grey box wherever an object of t
 box carries no shape or colour (those stay the DiT's to read from the text); it says how many objects
 there are, where, and how large. The planner reads the counts, shapes and one spatial relation from the
 instruction (:func:`planned_objects`) and places them by the world's rules, as the world placed them.
+
+Edit marks do the same for edits, as mask-guided editors do: beside the input image, the DiT reads where
+the edit acts (:class:`EditMarks`): a lighter grey where something of the input goes away, the object mark's
+grey where an object goes, and the words the edit writes. Without them the same DiT copies its input well
+but often changes the wrong object or none. Training shows the difference between input and target scene
+(:func:`edit_marks`); inference reads the edit from the instruction and finds what it names in the input
+image with the world's detector (:func:`planned_edit`), placing new and moved objects by the world's rules.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +39,9 @@ from PIL import Image, ImageDraw
 
 from .world.composition import place_related
 from .world.knowledge import NUMBER_NAMES
-from .world.layout import compose
+from .world.detect import Detection, DetectorConfig, WorldDetector
+from .world.geometry import holds_clearly
+from .world.layout import Box, compose, place_among, sample_size, word_box_size
 from .world.phrasing import RELATION_PHRASES, plural
 from .world.render import render
 from .world.scene import Scene, SceneObject, Word, WorldConfig, get_preset
@@ -133,11 +144,18 @@ def render_glyphs(
     """The words alone on the world's blank canvas (``canvas_px`` square), and a light grey box where each of
     ``objects`` is, resized to ``width`` × ``height``."""
     image = render(Scene(words=words), canvas_px)
-    if objects:
-        draw = ImageDraw.Draw(image)
-        for obj in objects:
-            x0, y0, x1, y1 = (round(v * canvas_px) for v in obj.box())
-            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=OBJECT_MARK_RGB)
+    _fill_boxes(image, [obj.box() for obj in objects], OBJECT_MARK_RGB)
+    return _sized(image, width, height)
+
+
+def _fill_boxes(image: Image.Image, boxes: Sequence[Box], fill: tuple[int, int, int]) -> None:
+    draw, side = ImageDraw.Draw(image), image.width
+    for box in boxes:
+        x0, y0, x1, y1 = (round(v * side) for v in box)
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
+
+
+def _sized(image: Image.Image, width: int, height: int) -> Image.Image:
     return image if image.size == (width, height) else image.resize((width, height), Image.BICUBIC)
 
 
@@ -189,3 +207,200 @@ def plan_glyphs(
     except ValueError:  # a text too long for the canvas, or no room left
         return None
     return render_glyphs(scene.words, width, height, config.canvas_px, scene.objects)
+
+
+# ---- edit marks -------------------------------------------------------------------------------------------
+
+# Lighter than an object mark: where something of the input image goes away.
+ERASE_MARK_RGB = (230, 230, 230)
+
+_REMOVE_VERBS = (("remove",), ("delete",), ("erase",), ("take", "away"), ("get", "rid", "of"))
+_ADD_VERBS = (("add",), ("put",), ("place",), ("also", "draw"), ("draw",), ("write",))
+_RECOLOUR_VERBS = {"make", "recolour", "recolor", "paint", "turn", "change", "colour", "color"}
+_REPLACE_WORDS = {"with", "into", "for"}  # "replace A with B", "turn A into B", "swap A for B"
+_MAX_EDIT_TOKENS = 16  # the world's longest edit ("shift the black triangle so it is to the left of …") fits
+
+
+@dataclass(frozen=True)
+class EditMarks:
+    """Where an edit changes its input image, boxes in canvas fractions: ``erased``, where something of the
+    input goes away; ``drawn``, where an object of the edit goes; ``words``, the words the edit writes."""
+
+    erased: tuple[Box, ...] = ()
+    drawn: tuple[Box, ...] = ()
+    words: tuple[Word, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.erased or self.drawn or self.words)
+
+
+def edit_marks(source: Scene, target: Scene, canvas_px: int) -> EditMarks:
+    """The marks of the edit that turns ``source`` into ``target`` (what training shows): each object or word
+    of one that the other does not hold at the same place and size."""
+
+    def lacking(items: Sequence, others: Sequence) -> list:  # items not in others, counted as multisets
+        left = Counter(others)
+        out = []
+        for item in items:
+            if left[item]:
+                left[item] -= 1
+            else:
+                out.append(item)
+        return out
+
+    old_words = lacking(source.words, target.words)
+    drawn = tuple(o.box() for o in lacking(target.objects, source.objects))
+    # An object recoloured or replaced in place is drawn over, not erased.
+    erased = [box for o in lacking(source.objects, target.objects) if (box := o.box()) not in drawn]
+    erased += [w.box for w in Detection.from_scene(Scene(words=tuple(old_words)), canvas_px).words]
+    return EditMarks(tuple(erased), drawn, tuple(lacking(target.words, source.words)))
+
+
+def render_edit_marks(marks: EditMarks, width: int, height: int, canvas_px: int) -> Image.Image:
+    """``marks`` on the world's blank canvas (``canvas_px`` square): erased boxes in :data:`ERASE_MARK_RGB`,
+    drawn boxes in :data:`OBJECT_MARK_RGB`, new words as glyphs on top; resized to ``width`` × ``height``."""
+    image = Image.new("RGB", (canvas_px, canvas_px), "white")
+    _fill_boxes(image, marks.erased, ERASE_MARK_RGB)
+    _fill_boxes(image, marks.drawn, OBJECT_MARK_RGB)
+    if marks.words:
+        words = render(Scene(words=marks.words), canvas_px)
+        image.paste(words, mask=words.convert("L").point(lambda v: 255 if v < 250 else 0))
+    return _sized(image, width, height)
+
+
+@dataclass(frozen=True)
+class _Mention:
+    """A noun phrase of an edit: ``count`` objects (``None``: a definite "the …") of ``shape`` and ``colour``,
+    ending before token ``end``."""
+
+    shape: str
+    colour: str | None
+    count: int | None
+    end: int
+
+
+def _mentions(tokens: list[str], config: WorldConfig) -> list[_Mention]:
+    colours = {c: c for c in config.colours} | ({"grey": "gray"} if "gray" in config.colours else {})
+    nouns = {shape: shape for shape in config.shapes} | {plural(shape): shape for shape in config.shapes}
+    found: list[_Mention] = []
+    for i, token in enumerate(tokens):
+        if token not in nouns:
+            continue
+        before = tokens[max(found[-1].end if found else 0, i - _MAX_PREFIX):i]
+        colour = next((colours[t] for t in reversed(before) if t in colours), None)
+        count = next((_COUNTS[t] for t in reversed(before) if t in _COUNTS), None)
+        end, after = i + 1, tokens[i + 1:i + 4]
+        if after[:2] in (["that", "is"], ["that", "are"]) and len(after) == 3 and after[2] in colours:
+            colour, end = colours[after[2]], end + 3  # "a circle that is red"
+        elif after[:1] in (["coloured"], ["colored"]) and len(after) > 1 and after[1] in colours:
+            colour, end = colours[after[1]], end + 2  # "two circles coloured red"
+        found.append(_Mention(nouns[token], colour, count, end))
+    return found
+
+
+def _starts(tokens: list[str], verbs: Sequence[tuple[str, ...]]) -> bool:
+    return any(tuple(tokens[:len(verb)]) == verb for verb in verbs)
+
+
+def _find(mention: _Mention, detection: Detection, rng: random.Random) -> list[Box]:
+    """Boxes of the detected objects ``mention`` names: the one it picks out, or ``count`` of those it fits."""
+    boxes = [o.box for o in detection.objects
+             if o.shape == mention.shape and mention.colour in (None, o.colour)]
+    if mention.count is None:
+        if len(boxes) != 1:
+            raise ValueError(f"'the {mention.shape}' names {len(boxes)} objects of the image")
+        return boxes
+    if len(boxes) < mention.count:
+        raise ValueError(f"{mention.count} {mention.shape}(s) asked for, {len(boxes)} in the image")
+    return rng.sample(boxes, mention.count)
+
+
+def _square(x: float, y: float, side: float) -> Box:
+    return (x - side / 2, y - side / 2, x + side / 2, y + side / 2)
+
+
+def planned_edit(instruction: str, detection: Detection, config: WorldConfig, rng: random.Random) -> EditMarks | None:
+    """The marks of the edit ``instruction`` asks of an image of the world ``config`` in which ``detection``
+    was seen, or ``None`` when the planner cannot tell: an edit it does not know, an object it cannot find
+    or that is not unique, no room left. Reads the world's edits in canonical and varied words: add, remove,
+    recolour, replace and move objects, change or add a word.
+
+    New objects and moved ones go where the world's layout rules would put them, drawn from ``rng``.
+    """
+    texts = quoted_texts(instruction)
+    tokens = re.findall(r"[a-z]+|\d+", QUOTED_TEXT.sub(" ", instruction.lower()))
+    taken = [o.box for o in detection.objects] + [w.box for w in detection.words]
+    try:
+        if len(texts) == 2:
+            return _relabel(texts[0], texts[1], detection, config)
+        if len(texts) == 1 and _starts(tokens, _ADD_VERBS):
+            width, height = word_box_size(texts[0], config)
+            x, y = place_among(config, rng, width, height, taken)
+            return EditMarks(words=(Word(texts[0], x, y, config.text_height),))
+        if texts or len(tokens) > _MAX_EDIT_TOKENS or _RIDDLE_WORDS.intersection(tokens):
+            return None  # a prompt around the edit (reflection), or a riddle: the MLLM's to resolve first
+        mentions, relations = _mentions(tokens, config), _relations(tokens)
+        if not 1 <= len(mentions) <= 2 or len(relations) > 1:
+            return None
+        if len(mentions) == 2 and relations:  # move the subject to where it stands in the relation to the anchor
+            (subject,), (anchor,) = _find(mentions[0], detection, rng), _find(mentions[1], detection, rng)
+            side, name = max(subject[2] - subject[0], subject[3] - subject[1]), relations[0][1]
+            x, y = place_among(config, rng, side, side, taken, lambda box: holds_clearly(name, box, anchor))
+            return EditMarks(erased=(subject,), drawn=(_square(x, y, side),))
+        if len(mentions) == 2:  # replace: the new object takes the old one's place
+            if not _REPLACE_WORDS.intersection(tokens) or _starts(tokens, _REMOVE_VERBS):
+                return None  # two objects and no relation, not as a replacement: not a world edit
+            return EditMarks(drawn=tuple(_find(mentions[0], detection, rng)))
+        (mention,) = mentions
+        if relations:
+            return None
+        if _starts(tokens, _REMOVE_VERBS):
+            return EditMarks(erased=tuple(_find(mention, detection, rng)))
+        colours = {*config.colours, "grey"}
+        if tokens[0] in _RECOLOUR_VERBS and any(t in colours for t in tokens[mention.end:]):
+            return EditMarks(drawn=tuple(_find(mention, detection, rng)))
+        if _starts(tokens, _ADD_VERBS) and mention.count:
+            drawn: list[Box] = []
+            for _ in range(mention.count):
+                side = sample_size(config, rng)
+                drawn.append(_square(*place_among(config, rng, side, side, taken + drawn), side))
+            return EditMarks(drawn=tuple(drawn))
+    except ValueError:
+        return None
+    return None
+
+
+def _relabel(old: str, new: str, detection: Detection, config: WorldConfig) -> EditMarks:
+    """Erase the word ``old`` (the only word read, if none reads ``old``) and write ``new`` at its centre."""
+    words = [w for w in detection.words if w.text == old.lower()] or list(detection.words)
+    if len(words) != 1:
+        raise ValueError(f"{len(words)} words could be {old!r}")
+    box = words[0].box
+    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    if config.layout == "grid":  # a word's centre sits mid-row, on a multiple of half a cell across
+        cell = 1.0 / config.grid
+        x = min(max(round(2 * x / cell), 1), 2 * config.grid - 1) * cell / 2
+        y = (min(int(y / cell), config.grid - 1) + 0.5) * cell
+    # The erased box spans the line's height, as a word's box does in training, whatever its letters' ink.
+    half = config.text_height / 2
+    return EditMarks(erased=((box[0], y - half, box[2], y + half),), words=(Word(new, x, y, config.text_height),))
+
+
+@functools.lru_cache(maxsize=8)
+def _detector(preset: str) -> WorldDetector:
+    return WorldDetector(DetectorConfig.for_world(get_preset(preset)))
+
+
+def plan_edit_glyphs(
+    instruction: str, image: Image.Image, preset: str, width: int, height: int, seed: str | int | None
+) -> Image.Image | None:
+    """The edit marks of ``instruction`` on the input ``image`` (:func:`planned_edit` over what the world's
+    detector sees in it) rendered at ``width`` × ``height``, or ``None`` when the planner cannot tell.
+
+    Args:
+        seed: fixes where new and moved objects go (``None``: fresh places).
+    """
+    config = get_preset(preset)
+    detection = _detector(preset).detect(image)
+    marks = planned_edit(instruction, detection, config, random.Random(seed))
+    return render_edit_marks(marks, width, height, config.canvas_px) if marks else None

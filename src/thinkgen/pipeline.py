@@ -38,7 +38,7 @@ from .models.dit import ThinkGenTransformer2DModel
 from .models.mllm import MLLMOutput, ThinkGenMLLM, ThinkingConfig
 from .models.refine import is_match_verdict
 from .models.vae import ImageCodec, load_codec
-from .glyphs import plan_glyphs
+from .glyphs import plan_edit_glyphs, plan_glyphs
 from .sampling import SHIFT_REFERENCE_SIDE, GuidanceBatching, check_guidance_batching, sample_latents
 from .world.scene import get_preset
 
@@ -87,6 +87,10 @@ class PipelineConfig:
         glyph_objects: glyph references also mark where each object the instruction names goes (light grey
             boxes of a layout planned by the preset's rules), so an instruction naming objects gets one too.
             Only for a DiT trained with object marks; needs ``glyph_preset``.
+        glyph_edits: an edit of one input image gets its edit marks as a second reference (where something
+            goes away, where an object goes, the words it writes; planned from the instruction and what the
+            preset's detector sees in the image). Only for a DiT trained with edit marks; needs
+            ``glyph_preset``.
     """
 
     height: int = 1024
@@ -105,6 +109,7 @@ class PipelineConfig:
     match_verdict: str = "The image already matches the prompt."
     glyph_preset: str | None = None
     glyph_objects: bool = False
+    glyph_edits: bool = False
 
     def __post_init__(self) -> None:
         self.cfg_range = tuple(self.cfg_range)  # JSON gives a list
@@ -117,6 +122,8 @@ class PipelineConfig:
             get_preset(self.glyph_preset)
         if self.glyph_objects and self.glyph_preset is None:
             raise ValueError("glyph_objects marks objects in glyph references: set glyph_preset too")
+        if self.glyph_edits and self.glyph_preset is None:
+            raise ValueError("glyph_edits draws edit marks by a world's rules: set glyph_preset too")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
@@ -140,7 +147,7 @@ class ThinkGenPipelineOutput:
         timings: seconds spent ``thinking`` (all MLLM work), ``denoising`` and ``decode``.
         token_counts: ``generated`` tokens, ``instruction`` tokens (summed over prompts) and MLLM
             ``forward_calls``.
-        glyphs: per prompt, the glyph reference the DiT read (``None`` where it read none).
+        glyphs: per prompt, the glyph reference or edit marks the DiT read (``None`` where it read none).
     """
 
     images: list[Image.Image] | torch.Tensor
@@ -529,10 +536,14 @@ class ThinkGenPipeline:
     def dit_references(
         self, images: Sequence[Image.Image], instruction: str, width: int, height: int, seed: str | int | None
     ) -> list[Image.Image]:
-        """What the DiT reads beside the text of one prompt: its input images, else (text-to-image) the glyph
-        reference of ``instruction`` where the model uses them (:meth:`glyph_reference`), else nothing."""
+        """What the DiT reads beside the text of one prompt: its input images (and, for an edit of one image
+        where the config says ``glyph_edits``, the edit's marks), else (text-to-image) the glyph reference of
+        ``instruction`` where the model uses them (:meth:`glyph_reference`), else nothing."""
         if images:
-            return list(images)
+            if not (self.config.glyph_edits and len(images) == 1):
+                return list(images)
+            marks = plan_edit_glyphs(instruction, images[0], self.config.glyph_preset, width, height, seed)
+            return [images[0], marks] if marks else list(images)
         glyph = self.glyph_reference(instruction, width, height, seed)
         return [glyph] if glyph else []
 
@@ -587,9 +598,9 @@ class ThinkGenPipeline:
             streamer: receives the MLLM's tokens as they are generated (one thinking prompt).
             callback: ``callback(step, latents)`` after each denoising step.
             glyphs: give the DiT a glyph reference of the instruction's quoted texts (and, where the config
-                says ``glyph_objects``, of its objects) in text-to-image calls, where the config names a glyph
-                preset (``False`` draws from the text alone); its layout is seeded like thinking (``seed``,
-                else ``thinking.seed``).
+                says ``glyph_objects``, of its objects) in text-to-image calls, and edit marks in edits where
+                it says ``glyph_edits``, where the config names a glyph preset (``False`` draws from the text
+                and input images alone); layouts are seeded like thinking (``seed``, else ``thinking.seed``).
 
         Returns:
             :class:`ThinkGenPipelineOutput`.
@@ -650,7 +661,7 @@ class ThinkGenPipeline:
             self.dit_references(row, text, width, height, layout_seed) if glyphs else row
             for row, text, layout_seed in zip(image_rows, instruction, layout_seeds)
         ]
-        glyph_images = [None if row or not refs else refs[0] for row, refs in zip(image_rows, reference_rows)]
+        glyph_images = [refs[len(row)] if len(refs) > len(row) else None for row, refs in zip(image_rows, reference_rows)]
         result, denoising_s, decode_s = self._draw(
             states, mask, neg_states, neg_mask, reference_rows, n, height, width, steps, text_scale, image_scale,
             cfg_range, generator, latents, output_type, callback,

@@ -250,7 +250,7 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-thinking-tokens", type=int, default=None, help="thinking budget (default: the model's)")
     p.add_argument("--max-instruction-tokens", type=int, default=None, help="instruction budget after </think>")
     p.add_argument("--no-glyphs", action="store_true",
-                   help="no glyph references, for a model trained with them (see thinkgen.glyphs)")
+                   help="no glyph references or edit marks, for a model trained with them (see thinkgen.glyphs)")
     judge = p.add_argument_group("judge (WISE, RISEBench, ImgEdit, DPG)")
     judge.add_argument("--judge-url", default=None, help="OpenAI-compatible API base URL, e.g. http://host:8000/v1")
     judge.add_argument("--judge-model", default=None, help="the judge's model name at that endpoint")

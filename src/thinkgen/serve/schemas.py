@@ -68,8 +68,9 @@ class ImageGenerationRequest(BaseModel):
             (default: the model's).
         max_thinking_tokens: ThinkGen extension: thinking budget (default and upper bound: the server's).
         glyphs: ThinkGen extension: on a model trained with glyph references, give the DiT one of the text
-            the instruction quotes, and of its objects where the model marks them (``False``: the DiT reads the
-            text alone); no effect on other models.
+            the instruction quotes, and of its objects where the model marks them, and an edit's marks where
+            the model reads them (``False``: the DiT reads the text and input images alone); no effect on other
+            models.
     """
 
     model_config = ConfigDict(extra="forbid")

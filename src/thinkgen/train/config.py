@@ -289,6 +289,10 @@ class DiTModelConfig:
             in training and a planned layout at inference, so every text-to-image world sample with objects
             gets one.
             Needs ``glyph_preset``.
+        glyph_edits: Edits get a second reference beside the input image, the edit's marks
+            (:func:`thinkgen.glyphs.edit_marks`): where something goes away, where an object goes, the words
+            it writes; in training the difference between input and target scene, at inference a plan read
+            from the instruction and the input image. Needs ``glyph_preset``.
     """
 
     mllm: str = "tiny"
@@ -299,6 +303,7 @@ class DiTModelConfig:
     codec: str = "pixel"
     glyph_preset: str = ""
     glyph_objects: bool = False
+    glyph_edits: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.mllm), "mllm must be a folder or 'tiny'")
@@ -321,6 +326,8 @@ class DiTModelConfig:
                 raise ValueError(f"glyph_preset: {err}") from None
         _require(not self.glyph_objects or bool(self.glyph_preset),
                  "glyph_objects marks objects in glyph references: set glyph_preset too")
+        _require(not self.glyph_edits or bool(self.glyph_preset),
+                 "glyph_edits draws edit marks by a world's rules: set glyph_preset too")
 
 
 @dataclass
@@ -339,9 +346,9 @@ class FlowConfig:
             and of the sample grids uses the same value.
         prompt_dropout: Probability that a sample's text is replaced by ``negative_prompt`` (CFG).
         ref_dropout: Probability that an edit sample's reference images are dropped (image CFG).
-        mark_dropout: Probability that a text-to-image sample's glyph reference leaves out its object marks
-            (``model.glyph_objects``), so that the DiT still places objects nothing marks, as an edit that
-            adds one must.
+        mark_dropout: Probability that a sample's marks are left out: a text-to-image sample's glyph
+            reference without its object marks (``model.glyph_objects``), an edit without its edit marks
+            (``model.glyph_edits``), so that the DiT still works where the planner cannot tell.
         ink_weight: Loss weight of the latent cells under the target's foreground (pixels that differ from its
             top-left pixel, taken as the background), relative to the rest; the loss is renormalised by the
             mean weight. 1 (the paper's plain MSE) turns it off; above 1 keeps small objects on a plain
@@ -467,8 +474,9 @@ class SFTStageConfig:
                 f"model.glyph_preset = {self.model.glyph_preset!r} but world sources use preset(s) {other}: "
                 "glyph references follow one preset's layout rules, so every world source must use it",
             )
-        _require(self.flow.mark_dropout == 0 or self.model.glyph_objects,
-                 f"flow.mark_dropout = {self.flow.mark_dropout} drops object marks: set model.glyph_objects too")
+        _require(self.flow.mark_dropout == 0 or self.model.glyph_objects or self.model.glyph_edits,
+                 f"flow.mark_dropout = {self.flow.mark_dropout} drops marks: set model.glyph_objects or "
+                 "model.glyph_edits too")
 
 
 # ---- the nano MLLM stage ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from thinkgen.glyphs import EditMarks, edit_marks
 from thinkgen.imageio import load_image
 from thinkgen.train.config import DataConfig, SourceConfig
 from thinkgen.world.sample import WorldSample
@@ -67,6 +68,8 @@ class Record:
             shows.
         target_objects: The objects of the target (world sources only): where a glyph reference with object
             marks puts its boxes.
+        edit_marks: What an edit of one input image changes (world sources only; ``None`` elsewhere):
+            the edit marks reference of :mod:`thinkgen.glyphs`.
     """
 
     instruction: str
@@ -77,6 +80,7 @@ class Record:
     output_image: Image.Image | None
     target_words: tuple[Word, ...] = ()
     target_objects: tuple[SceneObject, ...] = ()
+    edit_marks: EditMarks | None = None
 
 
 # ---- image sizes -----------------------------------------------------------------------------------
@@ -141,6 +145,8 @@ class WorldSource:
             output_image=sample.target_image() if with_output else None,
             target_words=sample.target.words,
             target_objects=sample.target.objects,
+            edit_marks=edit_marks(sample.inputs[0], sample.target, self.world.canvas_px)
+            if len(sample.inputs) == 1 else None,
         )
 
 

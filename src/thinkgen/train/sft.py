@@ -44,7 +44,7 @@ from accelerate.utils import set_seed
 from PIL import Image
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from thinkgen.glyphs import plan_glyphs, render_glyphs
+from thinkgen.glyphs import plan_glyphs, render_edit_marks, render_glyphs
 from thinkgen.imageio import pil_to_tensor, save_with_sidecar, tensor_to_pil
 from thinkgen.models.dit import ThinkGenTransformer2DModel
 from thinkgen.models.mllm import ThinkGenMLLM
@@ -306,7 +306,7 @@ def sample_time(generator: torch.Generator, config: SFTStageConfig, latent_size:
 
 
 def training_item(
-    record: Record, data: DataConfig, glyphs: bool = False, glyph_objects: bool = False
+    record: Record, data: DataConfig, glyphs: bool = False, glyph_objects: bool = False, glyph_edits: bool = False
 ) -> dict[str, Any]:
     """A record as the loss reads it: caption, MLLM input images, target and references fitted to size.
 
@@ -314,6 +314,8 @@ def training_item(
     alone at their own boxes (:mod:`thinkgen.glyphs`), a reference for the DiT only. With ``glyph_objects``
     too, the reference also marks the box of each target object, and every text-to-image record with
     objects gets one; ``unmarked_refs`` then holds the references without the marks (``flow.mark_dropout``).
+    With ``glyph_edits``, an edit of one input image that changes something gets its edit marks as a second
+    reference, and ``unmarked_refs`` holds the input image alone.
 
     Images stay PIL until the loss stacks them: a DataLoader worker hands a PIL image over as its bytes, a
     tensor as a shared-memory handle of its own, which costs far more (``benchmarks/sft_input_pipeline.py``).
@@ -334,6 +336,10 @@ def training_item(
             unmarked = words
         else:
             references = words
+    elif glyph_edits and len(references) == 1 and record.edit_marks:
+        width, height = record.output_image.size
+        unmarked = list(references)
+        references.append(render_edit_marks(record.edit_marks, width, height, canvas_px=width))
     return {
         "prompt": record.answer if use_answer else record.instruction,
         "thought": (record.instruction, record.reasoning) if use_answer else None,
@@ -499,6 +505,7 @@ def export_final(
         negative_prompt=config.flow.negative_prompt, max_image_pixels=config.data.max_image_pixels,
         time_shift_reference_side=config.flow.time_shift_reference_side,
         glyph_preset=config.model.glyph_preset or None, glyph_objects=config.model.glyph_objects,
+        glyph_edits=config.model.glyph_edits,
     )
     ThinkGenPipeline(mllm, final, codec, defaults).save_pretrained(output_dir / "final")
     logger.info("wrote %s", output_dir / "final")
@@ -567,7 +574,7 @@ def train(config: SFTStageConfig) -> SFTResult:
         return f"{width}x{height}"
 
     to_item = functools.partial(training_item, data=data, glyphs=bool(config.model.glyph_preset),
-                                glyph_objects=config.model.glyph_objects)
+                                glyph_objects=config.model.glyph_objects, glyph_edits=config.model.glyph_edits)
     planner, start_batches = R.make_batches(accelerator, data, sources, config.run.seed, bucket_of, to_item, True)
 
     # ---- checkpoints: resume exactly where the newest one left off

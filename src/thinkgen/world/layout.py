@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .render import word_width
 from .scene import Scene, SceneObject, Word, WorldConfig
@@ -22,7 +22,7 @@ def _overlaps(a: Box, b: Box, margin: float) -> bool:
     return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
 
 
-def _word_box(text: str, config: WorldConfig) -> tuple[float, float]:
+def word_box_size(text: str, config: WorldConfig) -> tuple[float, float]:
     """(width, height) of a word's box, canvas fractions, with a little padding for the OCR."""
     return word_width(text, config.text_height, config.canvas_px) + 0.04, config.text_height * 1.2
 
@@ -35,7 +35,7 @@ def _place_grid(
     words = []
     # Words first: each needs a run of consecutive free cells in one row.
     for text in texts:
-        width, height = _word_box(text, config)
+        width, height = word_box_size(text, config)
         span = math.ceil(width / cell - 1e-9)
         if span > n or height > cell:
             raise ValueError(f"word {text!r} does not fit a {n}x{n} grid at text_height {config.text_height}")
@@ -71,7 +71,7 @@ def _place_free(
 
     words = []
     for text in texts:
-        width, height = _word_box(text, config)
+        width, height = word_box_size(text, config)
         x, y = drop(width, height, f"word {text!r}")
         words.append(Word(text, x, y, config.text_height))
     centres = [drop(s, s, f"object {i}") for i, s in enumerate(sizes)]
@@ -89,6 +89,51 @@ def place(
     if config.layout == "grid":
         return _place_grid(config, rng, sizes, texts)
     return _place_free(config, rng, sizes, texts)
+
+
+def place_among(
+    config: WorldConfig,
+    rng: random.Random,
+    width: float,
+    height: float,
+    taken: Sequence[Box],
+    accept: Callable[[Box], bool] | None = None,
+) -> tuple[float, float]:
+    """The centre of a ``width`` × ``height`` box (canvas fractions) placed by the rules of ``config`` clear of
+    the ``taken`` boxes of a laid-out scene, and with ``accept`` true of its box: on a grid, a random run of
+    free cells in one row (a cell is free when less than a tenth of it is covered, so a box found a pixel off
+    in an image does not take its neighbour); freely, a random spot at the free layout's gap.
+
+    Raises:
+        ValueError: when no place is left.
+    """
+    if config.layout == "grid":
+        n, cell = config.grid, 1.0 / config.grid
+        span = max(1, math.ceil(width / cell - 1e-9))
+
+        def covered(box: Box, other: Box) -> float:
+            w = min(box[2], other[2]) - max(box[0], other[0])
+            h = min(box[3], other[3]) - max(box[1], other[1])
+            return max(w, 0.0) * max(h, 0.0)
+
+        free = [[all(covered((c * cell, r * cell, (c + 1) * cell, (r + 1) * cell), t) < 0.1 * cell * cell
+                     for t in taken) for c in range(n)] for r in range(n)]
+        options = []
+        for r in range(n):
+            for c in range(n - span + 1):
+                x, y = (c + span / 2) * cell, (r + 0.5) * cell
+                box = (x - width / 2, y - height / 2, x + width / 2, y + height / 2)
+                if all(free[r][c : c + span]) and (accept is None or accept(box)):
+                    options.append((x, y))
+        if not options:
+            raise ValueError(f"no free run of {span} cells left on the {n}x{n} grid")
+        return rng.choice(options)
+    for _ in range(_MAX_TRIES):
+        x, y = rng.uniform(width / 2, 1 - width / 2), rng.uniform(height / 2, 1 - height / 2)
+        box = (x - width / 2, y - height / 2, x + width / 2, y + height / 2)
+        if not any(_overlaps(box, t, _FREE_MARGIN) for t in taken) and (accept is None or accept(box)):
+            return x, y
+    raise ValueError(f"no free place for a {width:.2f} x {height:.2f} box after {_MAX_TRIES} tries")
 
 
 def sample_size(config: WorldConfig, rng: random.Random) -> float:
