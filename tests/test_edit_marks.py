@@ -24,7 +24,7 @@ from thinkgen.train.config import DataConfig, SourceConfig, load_recipe
 from thinkgen.train.data import WorldSource
 from thinkgen.train.sft import training_item
 from thinkgen.world import edits
-from thinkgen.world.detect import DetectorConfig, WorldDetector
+from thinkgen.world.detect import DetectedObject, Detection, DetectorConfig, WorldDetector
 from thinkgen.world.geometry import holds_clearly
 from thinkgen.world.render import render
 from thinkgen.world.scenarios import generate
@@ -136,6 +136,22 @@ def test_the_planner_reads_varied_words_and_leaves_riddles_to_the_mllm():
     for unknown in ("remove the hexagon", "add one red star for each leg of a horse", "rotate the star",
                     "The image already matches the prompt.", "remove the circle and the square"):
         assert planned_edit(unknown, detection, NANO, random.Random(0)) is None, unknown
+
+
+def test_the_planner_finds_the_object_a_description_fits_best():
+    """One wrong word (the shape, or the colour) still finds an object where no other fits as well; a tie,
+    or a description that fits nothing, finds none."""
+    def detection(*objects):
+        return Detection(tuple(DetectedObject(shape, colour, box, 1.0) for shape, colour, box in objects))
+
+    left, right = (0.04, 0.37, 0.29, 0.62), (0.71, 0.37, 0.96, 0.62)
+    orange_square_blue_star = detection(("square", "orange", left), ("star", "blue", right))
+    for instruction in ("remove the orange triangle", "remove the red square", "remove the square"):
+        assert planned_edit(instruction, orange_square_blue_star, NANO, random.Random(0)) == EditMarks(
+            erased=(left,)), instruction
+    orange_square_blue_triangle = detection(("square", "orange", left), ("triangle", "blue", right))
+    for instruction in ("remove the orange triangle", "remove the red circle", "remove the circle"):
+        assert planned_edit(instruction, orange_square_blue_triangle, NANO, random.Random(0)) is None, instruction
 
 
 def test_a_moved_object_goes_where_the_relation_holds():

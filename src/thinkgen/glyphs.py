@@ -19,7 +19,7 @@ there are, where, and how large. The planner reads the counts, shapes and one sp
 instruction (:func:`planned_objects`) and places them by the world's rules, as the world placed them.
 
 Edit marks do the same for edits, as mask-guided editors do: beside the input image, the DiT reads where
-the edit acts (:class:`EditMarks`): a lighter grey where something of the input goes away, the object mark's
+the edit acts (:class:`EditMarks`): a darker grey where something of the input goes away, the object mark's
 grey where an object goes, and the words the edit writes. Without them the same DiT copies its input well
 but often changes the wrong object or none. Training shows the difference between input and target scene
 (:func:`edit_marks`); inference reads the edit from the instruction and finds what it names in the input
@@ -211,8 +211,10 @@ def plan_glyphs(
 
 # ---- edit marks -------------------------------------------------------------------------------------------
 
-# Lighter than an object mark: where something of the input image goes away.
-ERASE_MARK_RGB = (230, 230, 230)
+# Darker than an object mark: where something of the input image goes away. A mark image is never copied
+# as a scene, so this grey may sit near a palette's gray (140); a light grey (230) was too faint a signal:
+# a DiT trained with it left half the objects it marked in place.
+ERASE_MARK_RGB = (160, 160, 160)
 
 _REMOVE_VERBS = (("remove",), ("delete",), ("erase",), ("take", "away"), ("get", "rid", "of"))
 _ADD_VERBS = (("add",), ("put",), ("place",), ("also", "draw"), ("draw",), ("write",))
@@ -303,13 +305,18 @@ def _starts(tokens: list[str], verbs: Sequence[tuple[str, ...]]) -> bool:
 
 
 def _find(mention: _Mention, detection: Detection, rng: random.Random) -> list[Box]:
-    """Boxes of the detected objects ``mention`` names: the one it picks out, or ``count`` of those it fits."""
+    """Boxes of the detected objects ``mention`` names: for "the …", the one object it fits best (shape and
+    colour each count one; a tie names none), so that one wrong word (the MLLM calling the orange square
+    "the orange triangle") still finds its object, as a grounding model would; else ``count`` of the objects
+    it fits exactly."""
+    if mention.count is None:
+        fits = [(o.shape == mention.shape) + (o.colour == mention.colour) for o in detection.objects]
+        best = max(fits, default=0)
+        if best == 0 or fits.count(best) != 1:
+            raise ValueError(f"'the {mention.colour or ''} {mention.shape}' names no one object of the image")
+        return [detection.objects[fits.index(best)].box]
     boxes = [o.box for o in detection.objects
              if o.shape == mention.shape and mention.colour in (None, o.colour)]
-    if mention.count is None:
-        if len(boxes) != 1:
-            raise ValueError(f"'the {mention.shape}' names {len(boxes)} objects of the image")
-        return boxes
     if len(boxes) < mention.count:
         raise ValueError(f"{mention.count} {mention.shape}(s) asked for, {len(boxes)} in the image")
     return rng.sample(boxes, mention.count)
