@@ -79,6 +79,11 @@ def test_marks_are_drawn_as_two_greys_and_glyphs():
     glyphs = np.asarray(render(Scene(words=(word,)), 64))
     ink = glyphs.sum(axis=2) < 300  # the word's dark pixels are the word's, whatever lies under them
     assert ink.any() and (image[ink] == glyphs[ink]).all()
+    # A new word written over an erased old one stands on white: the erase grey shows only beyond it.
+    (old,) = Detection.from_scene(Scene(words=(word,)), 64).words
+    over = np.asarray(render_edit_marks(EditMarks(erased=((0.0, 0.0, 1.0, 1.0),), words=(word,)), 64, 64, 64))
+    x0, y0, x1, y1 = (round(v * 64) for v in old.box)
+    assert (over[y0:y1, x0:x1].sum(axis=2) > 3 * 200).mean() > 0.5 and tuple(over[0, 0]) == ERASE_MARK_RGB
     assert render_edit_marks(marks, 32, 32, 64).size == (32, 32)
 
 

@@ -260,12 +260,17 @@ def edit_marks(source: Scene, target: Scene, canvas_px: int) -> EditMarks:
 
 def render_edit_marks(marks: EditMarks, width: int, height: int, canvas_px: int) -> Image.Image:
     """``marks`` on the world's blank canvas (``canvas_px`` square): erased boxes in :data:`ERASE_MARK_RGB`,
-    drawn boxes in :data:`OBJECT_MARK_RGB`, new words as glyphs on top; resized to ``width`` × ``height``."""
+    drawn boxes in :data:`OBJECT_MARK_RGB`, new words as glyphs on white on top; resized to ``width`` ×
+    ``height``."""
     image = Image.new("RGB", (canvas_px, canvas_px), "white")
     _fill_boxes(image, marks.erased, ERASE_MARK_RGB)
     _fill_boxes(image, marks.drawn, OBJECT_MARK_RGB)
     if marks.words:
-        words = render(Scene(words=marks.words), canvas_px)
+        # Each new word on white of its own box, even over an erased old one: black letters on the dark erase
+        # grey read so poorly that a DiT trained on them wrote the old word and the new one over each other.
+        scene = Scene(words=marks.words)
+        _fill_boxes(image, [w.box for w in Detection.from_scene(scene, canvas_px).words], (255, 255, 255))
+        words = render(scene, canvas_px)
         image.paste(words, mask=words.convert("L").point(lambda v: 255 if v < 250 else 0))
     return _sized(image, width, height)
 
