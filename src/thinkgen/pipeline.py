@@ -655,13 +655,15 @@ class ThinkGenPipeline:
             )
         thinking_s = time.perf_counter() - start
 
-        # 3.–6. Encode references (the input images, else a glyph reference), draw noise, denoise, decode
+        # 3.–6. Encode references (the input images and their edit marks, else a glyph reference), draw noise,
+        # denoise, decode
         layout_seeds = [None if thinking.seed is None else f"{thinking.seed}:{i}" for i in range(len(prompts))]
         reference_rows = [
             self.dit_references(row, text, width, height, layout_seed) if glyphs else row
             for row, text, layout_seed in zip(image_rows, instruction, layout_seeds)
         ]
-        glyph_images = [refs[len(row)] if len(refs) > len(row) else None for row, refs in zip(image_rows, reference_rows)]
+        glyph_images = [refs[len(row)] if len(refs) > len(row) else None
+                        for row, refs in zip(image_rows, reference_rows)]
         result, denoising_s, decode_s = self._draw(
             states, mask, neg_states, neg_mask, reference_rows, n, height, width, steps, text_scale, image_scale,
             cfg_range, generator, latents, output_type, callback,
