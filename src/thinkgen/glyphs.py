@@ -41,7 +41,7 @@ from .world.composition import place_related
 from .world.knowledge import NUMBER_NAMES
 from .world.detect import Detection, DetectorConfig, WorldDetector
 from .world.geometry import holds_clearly
-from .world.layout import Box, compose, place_among, sample_size, word_box_size
+from .world.layout import Box, centred_box, compose, place_among, sample_size, word_box_size
 from .world.phrasing import RELATION_PHRASES, plural
 from .world.render import render
 from .world.scene import Scene, SceneObject, Word, WorldConfig, get_preset
@@ -286,8 +286,13 @@ class _Mention:
     end: int
 
 
+def _colour_names(config: WorldConfig) -> dict[str, str]:
+    """The colour words of ``config``'s prompts and the colour each names ("grey" as well as "gray")."""
+    return {c: c for c in config.colours} | ({"grey": "gray"} if "gray" in config.colours else {})
+
+
 def _mentions(tokens: list[str], config: WorldConfig) -> list[_Mention]:
-    colours = {c: c for c in config.colours} | ({"grey": "gray"} if "gray" in config.colours else {})
+    colours = _colour_names(config)
     nouns = {shape: shape for shape in config.shapes} | {plural(shape): shape for shape in config.shapes}
     found: list[_Mention] = []
     for i, token in enumerate(tokens):
@@ -327,10 +332,6 @@ def _find(mention: _Mention, detection: Detection, rng: random.Random) -> list[B
     return rng.sample(boxes, mention.count)
 
 
-def _square(x: float, y: float, side: float) -> Box:
-    return (x - side / 2, y - side / 2, x + side / 2, y + side / 2)
-
-
 def planned_edit(instruction: str, detection: Detection, config: WorldConfig, rng: random.Random) -> EditMarks | None:
     """The marks of the edit ``instruction`` asks of an image of the world ``config`` in which ``detection``
     was seen, or ``None`` when the planner cannot tell: an edit it does not know, an object it cannot find
@@ -358,7 +359,7 @@ def planned_edit(instruction: str, detection: Detection, config: WorldConfig, rn
             (subject,), (anchor,) = _find(mentions[0], detection, rng), _find(mentions[1], detection, rng)
             side, name = max(subject[2] - subject[0], subject[3] - subject[1]), relations[0][1]
             x, y = place_among(config, rng, side, side, taken, lambda box: holds_clearly(name, box, anchor))
-            return EditMarks(erased=(subject,), drawn=(_square(x, y, side),))
+            return EditMarks(erased=(subject,), drawn=(centred_box(x, y, side, side),))
         if len(mentions) == 2:  # replace: the new object takes the old one's place
             if not _REPLACE_WORDS.intersection(tokens) or _starts(tokens, _REMOVE_VERBS):
                 return None  # two objects and no relation, not as a replacement: not a world edit
@@ -368,14 +369,14 @@ def planned_edit(instruction: str, detection: Detection, config: WorldConfig, rn
             return None
         if _starts(tokens, _REMOVE_VERBS):
             return EditMarks(erased=tuple(_find(mention, detection, rng)))
-        colours = {*config.colours, "grey"}
+        colours = _colour_names(config)
         if tokens[0] in _RECOLOUR_VERBS and any(t in colours for t in tokens[mention.end:]):
             return EditMarks(drawn=tuple(_find(mention, detection, rng)))
         if _starts(tokens, _ADD_VERBS) and mention.count:
             drawn: list[Box] = []
             for _ in range(mention.count):
                 side = sample_size(config, rng)
-                drawn.append(_square(*place_among(config, rng, side, side, taken + drawn), side))
+                drawn.append(centred_box(*place_among(config, rng, side, side, taken + drawn), side, side))
             return EditMarks(drawn=tuple(drawn))
     except ValueError:
         return None

@@ -53,6 +53,24 @@ def _place_grid(
     return [((c + 0.5) * cell, (r + 0.5) * cell) for r, c in chosen], words
 
 
+def centred_box(x: float, y: float, width: float, height: float) -> Box:
+    """The ``width`` × ``height`` box centred on ``(x, y)``, as (x0, y0, x1, y1)."""
+    return (x - width / 2, y - height / 2, x + width / 2, y + height / 2)
+
+
+def _free_spot(
+    rng: random.Random, width: float, height: float, taken: Sequence[Box], accept: Callable[[Box], bool] | None = None
+) -> tuple[float, float] | None:
+    """A random centre whose box keeps the free layout's gap to every ``taken`` box (and that ``accept`` takes),
+    or ``None`` after :data:`_MAX_TRIES` draws."""
+    for _ in range(_MAX_TRIES):
+        x, y = rng.uniform(width / 2, 1 - width / 2), rng.uniform(height / 2, 1 - height / 2)
+        box = centred_box(x, y, width, height)
+        if not any(_overlaps(box, t, _FREE_MARGIN) for t in taken) and (accept is None or accept(box)):
+            return x, y
+    return None
+
+
 def _place_free(
     config: WorldConfig, rng: random.Random, sizes: Sequence[float], texts: Sequence[str]
 ) -> tuple[list[tuple[float, float]], list[Word]]:
@@ -61,13 +79,11 @@ def _place_free(
     def drop(w: float, h: float, what: str) -> tuple[float, float]:
         if w > 1.0 or h > 1.0:
             raise ValueError(f"{what} is larger than the canvas")
-        for _ in range(_MAX_TRIES):
-            x, y = rng.uniform(w / 2, 1 - w / 2), rng.uniform(h / 2, 1 - h / 2)
-            box = (x - w / 2, y - h / 2, x + w / 2, y + h / 2)
-            if not any(_overlaps(box, b, _FREE_MARGIN) for b in boxes):
-                boxes.append(box)
-                return x, y
-        raise ValueError(f"no room left for {what} after {_MAX_TRIES} tries; the scene is too crowded")
+        spot = _free_spot(rng, w, h, boxes)
+        if spot is None:
+            raise ValueError(f"no room left for {what} after {_MAX_TRIES} tries; the scene is too crowded")
+        boxes.append(centred_box(*spot, w, h))
+        return spot
 
     words = []
     for text in texts:
@@ -122,18 +138,15 @@ def place_among(
         for r in range(n):
             for c in range(n - span + 1):
                 x, y = (c + span / 2) * cell, (r + 0.5) * cell
-                box = (x - width / 2, y - height / 2, x + width / 2, y + height / 2)
-                if all(free[r][c : c + span]) and (accept is None or accept(box)):
+                if all(free[r][c : c + span]) and (accept is None or accept(centred_box(x, y, width, height))):
                     options.append((x, y))
         if not options:
             raise ValueError(f"no free run of {span} cells left on the {n}x{n} grid")
         return rng.choice(options)
-    for _ in range(_MAX_TRIES):
-        x, y = rng.uniform(width / 2, 1 - width / 2), rng.uniform(height / 2, 1 - height / 2)
-        box = (x - width / 2, y - height / 2, x + width / 2, y + height / 2)
-        if not any(_overlaps(box, t, _FREE_MARGIN) for t in taken) and (accept is None or accept(box)):
-            return x, y
-    raise ValueError(f"no free place for a {width:.2f} x {height:.2f} box after {_MAX_TRIES} tries")
+    spot = _free_spot(rng, width, height, taken, accept)
+    if spot is None:
+        raise ValueError(f"no free place for a {width:.2f} x {height:.2f} box after {_MAX_TRIES} tries")
+    return spot
 
 
 def sample_size(config: WorldConfig, rng: random.Random) -> float:
