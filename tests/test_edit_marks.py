@@ -14,6 +14,7 @@ from thinkgen.glyphs import (
     ERASE_MARK_RGB,
     OBJECT_MARK_RGB,
     EditMarks,
+    ObjectMark,
     edit_marks,
     plan_edit_glyphs,
     planned_edit,
@@ -56,13 +57,15 @@ def test_the_training_marks_are_what_the_edit_changes(kind):
         subject = plan.source.objects[plan.subject].box() if plan.subject is not None else None
         if kind == "remove":
             assert marks == EditMarks(erased=(subject,))
-        elif kind in ("recolour", "replace"):  # drawn over in place, nothing erased
-            assert marks == EditMarks(drawn=(subject,))
+        elif kind in ("recolour", "replace"):  # drawn over in place, nothing erased; in the target's shape
+            assert marks == EditMarks(drawn=(ObjectMark(plan.target.objects[plan.subject].shape, subject),))
         elif kind == "add":
-            assert marks == EditMarks(drawn=tuple(o.box() for o in plan.target.objects[len(plan.source.objects):]))
+            new = plan.target.objects[len(plan.source.objects):]
+            assert marks == EditMarks(drawn=tuple(ObjectMark(o.shape, o.box()) for o in new))
             assert len(marks.drawn) == plan.fields["count"]
         elif kind == "move":
-            assert marks == EditMarks(erased=(subject,), drawn=(plan.target.objects[plan.subject].box(),))
+            moved = plan.target.objects[plan.subject]
+            assert marks == EditMarks(erased=(subject,), drawn=(ObjectMark(moved.shape, moved.box()),))
         else:  # relabel: the old word's box erased, the new word written where it was
             (old,), (new,) = plan.source.words, plan.target.words
             assert marks.words == (new,) and not marks.drawn
@@ -73,7 +76,7 @@ def test_the_training_marks_are_what_the_edit_changes(kind):
 
 def test_marks_are_drawn_as_two_greys_and_glyphs():
     word = generate("text", 0, config=NANO, seed=0, split="train").target.words[0]
-    marks = EditMarks(erased=((0.0, 0.0, 0.3, 0.3),), drawn=((0.7, 0.7, 1.0, 1.0),), words=(word,))
+    marks = EditMarks(erased=((0.0, 0.0, 0.3, 0.3),), drawn=(ObjectMark("star", (0.7, 0.7, 1.0, 1.0)),), words=(word,))
     image = np.asarray(render_edit_marks(marks, 64, 64, 64))
     assert tuple(image[5, 5]) == ERASE_MARK_RGB and tuple(image[60, 60]) == OBJECT_MARK_RGB
     glyphs = np.asarray(render(Scene(words=(word,)), 64))
@@ -96,13 +99,15 @@ def _check_plan(planned: EditMarks, truth: EditMarks, sample) -> None:
     for box in planned.erased:
         assert max(_iou(box, other) for other in alike) > 0.6, sample.answer
     assert [w.text for w in planned.words] == [w.text for w in truth.words]
+    # Each drawn object in the shape the target draws there.
+    assert sorted(m.shape for m in planned.drawn) == sorted(m.shape for m in truth.drawn), sample.answer
     if kind in ("recolour", "replace", "colour", "shape"):  # in place
-        for a, b in zip(sorted(planned.drawn), sorted(truth.drawn)):
-            assert _iou(a, b) > 0.6, sample.answer
+        for a, b in zip(sorted(planned.drawn, key=lambda m: m.box), sorted(truth.drawn, key=lambda m: m.box)):
+            assert _iou(a.box, b.box) > 0.6 and a.shape == b.shape, sample.answer
     else:  # new places: clear of everything the input keeps
         kept = [o.box() for o in sample.inputs[0].objects if o.box() not in truth.erased]
-        for box in planned.drawn:
-            assert not any(_overlaps(box, other) for other in kept + list(planned.erased)), sample.answer
+        for mark in planned.drawn:
+            assert not any(_overlaps(mark.box, other) for other in kept + list(planned.erased)), sample.answer
 
 
 @pytest.mark.parametrize("scenario", ["edit", "reasoning_edit", "reflection"])
@@ -168,7 +173,8 @@ def test_a_moved_object_goes_where_the_relation_holds():
         marks = planned_edit(plan.answer, detection, NANO, rng)
         anchor = plan.source.objects[plan.anchor].box()
         (drawn,) = marks.drawn
-        assert holds_clearly(plan.fields["relation"], drawn, anchor), plan.answer
+        assert holds_clearly(plan.fields["relation"], drawn.box, anchor), plan.answer
+        assert drawn.shape == plan.source.objects[plan.subject].shape
 
 
 def test_training_items_read_edit_marks_beside_the_input():

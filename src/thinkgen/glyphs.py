@@ -18,12 +18,16 @@ box carries no shape or colour (those stay the DiT's to read from the text); it 
 there are, where, and how large. The planner reads the counts, shapes and one spatial relation from the
 instruction (:func:`planned_objects`) and places them by the world's rules, as the world placed them.
 
+With ``shapes``, an object mark is the silhouette of the object's shape in that grey rather than its box: the
+DiT then need not tie each shape word to a place (the binding a box leaves it), only read the colours.
+
 Edit marks do the same for edits, as mask-guided editors do: beside the input image, the DiT reads where
 the edit acts (:class:`EditMarks`): a darker grey where something of the input goes away, the object mark's
 grey where an object goes, and the words the edit writes. Without them the same DiT copies its input well
 but often changes the wrong object or none. Training shows the difference between input and target scene
 (:func:`edit_marks`); inference reads the edit from the instruction and finds what it names in the input
 image with the world's detector (:func:`planned_edit`), placing new and moved objects by the world's rules.
+Each object an edit draws keeps its shape (:class:`ObjectMark`), for silhouettes.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from PIL import Image, ImageDraw
 
 from .world.composition import place_related
 from .world.knowledge import NUMBER_NAMES
-from .world.detect import Detection, DetectorConfig, WorldDetector
+from .world.detect import DetectedObject, Detection, DetectorConfig, WorldDetector
 from .world.geometry import holds_clearly
 from .world.layout import Box, centred_box, compose, place_among, sample_size, word_box_size
 from .world.phrasing import RELATION_PHRASES, plural
@@ -139,10 +143,17 @@ def _relations(tokens: list[str]) -> list[tuple[int, str]]:
 
 
 def render_glyphs(
-    words: tuple[Word, ...], width: int, height: int, canvas_px: int, objects: Sequence[SceneObject] = ()
+    words: tuple[Word, ...],
+    width: int,
+    height: int,
+    canvas_px: int,
+    objects: Sequence[SceneObject] = (),
+    shapes: bool = False,
 ) -> Image.Image:
     """The words alone on the world's blank canvas (``canvas_px`` square), and a light grey box where each of
-    ``objects`` is, resized to ``width`` × ``height``."""
+    ``objects`` is (with ``shapes``, its silhouette instead), resized to ``width`` × ``height``."""
+    if shapes:
+        return _sized(render(Scene(tuple(objects), words), canvas_px, object_rgb=OBJECT_MARK_RGB), width, height)
     image = render(Scene(words=words), canvas_px)
     _fill_boxes(image, [obj.box() for obj in objects], OBJECT_MARK_RGB)
     return _sized(image, width, height)
@@ -179,7 +190,13 @@ def has_glyph_reference(instruction: str, preset: str, objects: bool = False) ->
 
 
 def plan_glyphs(
-    instruction: str, preset: str, width: int, height: int, seed: str | int | None, objects: bool = False
+    instruction: str,
+    preset: str,
+    width: int,
+    height: int,
+    seed: str | int | None,
+    objects: bool = False,
+    shapes: bool = False,
 ) -> Image.Image | None:
     """The glyph reference of ``instruction`` under the world preset ``preset``, or ``None`` when it has nothing
     to show: no quoted text (and, with ``objects``, no object the planner can place), more texts than the
@@ -189,6 +206,8 @@ def plan_glyphs(
         seed: fixes the layout (``None``: a fresh one).
         objects: also mark where each object the instruction names goes (:func:`planned_objects`); a model
             trained without object marks must not be given them.
+        shapes: mark each object with the silhouette of its shape rather than its box (as the model was
+            trained).
     """
     config = get_preset(preset)
     content = _glyph_content(instruction, config, objects)
@@ -206,7 +225,7 @@ def plan_glyphs(
             scene = compose(config, rng, items, texts)
     except ValueError:  # a text too long for the canvas, or no room left
         return None
-    return render_glyphs(scene.words, width, height, config.canvas_px, scene.objects)
+    return render_glyphs(scene.words, width, height, config.canvas_px, scene.objects, shapes)
 
 
 # ---- edit marks -------------------------------------------------------------------------------------------
@@ -224,12 +243,20 @@ _MAX_EDIT_TOKENS = 16  # the world's longest edit ("shift the black triangle so 
 
 
 @dataclass(frozen=True)
+class ObjectMark:
+    """Where an edit draws an object of ``shape``: its ``box`` in canvas fractions."""
+
+    shape: str
+    box: Box
+
+
+@dataclass(frozen=True)
 class EditMarks:
-    """Where an edit changes its input image, boxes in canvas fractions: ``erased``, where something of the
-    input goes away; ``drawn``, where an object of the edit goes; ``words``, the words the edit writes."""
+    """Where an edit changes its input image: ``erased``, boxes (canvas fractions) where something of the input
+    goes away; ``drawn``, the objects the edit draws; ``words``, the words the edit writes."""
 
     erased: tuple[Box, ...] = ()
-    drawn: tuple[Box, ...] = ()
+    drawn: tuple[ObjectMark, ...] = ()
     words: tuple[Word, ...] = ()
 
     def __bool__(self) -> bool:
@@ -251,20 +278,27 @@ def edit_marks(source: Scene, target: Scene, canvas_px: int) -> EditMarks:
         return out
 
     old_words = lacking(source.words, target.words)
-    drawn = tuple(o.box() for o in lacking(target.objects, source.objects))
+    drawn = tuple(ObjectMark(o.shape, o.box()) for o in lacking(target.objects, source.objects))
     # An object recoloured or replaced in place is drawn over, not erased.
-    erased = [box for o in lacking(source.objects, target.objects) if (box := o.box()) not in drawn]
+    erased = [box for o in lacking(source.objects, target.objects) if (box := o.box()) not in [m.box for m in drawn]]
     erased += [w.box for w in Detection.from_scene(Scene(words=tuple(old_words)), canvas_px).words]
     return EditMarks(tuple(erased), drawn, tuple(lacking(target.words, source.words)))
 
 
-def render_edit_marks(marks: EditMarks, width: int, height: int, canvas_px: int) -> Image.Image:
+def render_edit_marks(marks: EditMarks, width: int, height: int, canvas_px: int, shapes: bool = False) -> Image.Image:
     """``marks`` on the world's blank canvas (``canvas_px`` square): erased boxes in :data:`ERASE_MARK_RGB`,
-    drawn boxes in :data:`OBJECT_MARK_RGB`, new words as glyphs on white on top; resized to ``width`` ×
-    ``height``."""
+    drawn objects as boxes in :data:`OBJECT_MARK_RGB` (with ``shapes``, as silhouettes of their shape), new
+    words as glyphs on white on top; resized to ``width`` × ``height``."""
     image = Image.new("RGB", (canvas_px, canvas_px), "white")
     _fill_boxes(image, marks.erased, ERASE_MARK_RGB)
-    _fill_boxes(image, marks.drawn, OBJECT_MARK_RGB)
+    if shapes:
+        # A mark's colour is never looked up: every silhouette is drawn in the mark grey.
+        objects = tuple(SceneObject(m.shape, "", (m.box[0] + m.box[2]) / 2, (m.box[1] + m.box[3]) / 2,
+                                    max(m.box[2] - m.box[0], m.box[3] - m.box[1])) for m in marks.drawn)
+        silhouettes = render(Scene(objects), canvas_px, object_rgb=OBJECT_MARK_RGB)
+        image.paste(silhouettes, mask=silhouettes.convert("L").point(lambda v: 255 if v < 255 else 0))
+    else:
+        _fill_boxes(image, [m.box for m in marks.drawn], OBJECT_MARK_RGB)
     if marks.words:
         # Each new word on white of its own box, even over an erased old one: black letters on the dark erase
         # grey read so poorly that a DiT trained on them wrote the old word and the new one over each other.
@@ -314,22 +348,21 @@ def _starts(tokens: list[str], verbs: Sequence[tuple[str, ...]]) -> bool:
     return any(tuple(tokens[:len(verb)]) == verb for verb in verbs)
 
 
-def _find(mention: _Mention, detection: Detection, rng: random.Random) -> list[Box]:
-    """Boxes of the detected objects ``mention`` names: for "the …", the one object it fits best (shape and
-    colour each count one; a tie names none), so that one wrong word (the MLLM calling the orange square
-    "the orange triangle") still finds its object, as a grounding model would; else ``count`` of the objects
-    it fits exactly."""
+def _find(mention: _Mention, detection: Detection, rng: random.Random) -> list[DetectedObject]:
+    """The detected objects ``mention`` names: for "the …", the one object it fits best (shape and colour each
+    count one; a tie names none), so that one wrong word (the MLLM calling the orange square "the orange
+    triangle") still finds its object, as a grounding model would; else ``count`` of the objects it fits
+    exactly."""
     if mention.count is None:
         fits = [(o.shape == mention.shape) + (o.colour == mention.colour) for o in detection.objects]
         best = max(fits, default=0)
         if best == 0 or fits.count(best) != 1:
             raise ValueError(f"'the {mention.colour or ''} {mention.shape}' names no one object of the image")
-        return [detection.objects[fits.index(best)].box]
-    boxes = [o.box for o in detection.objects
-             if o.shape == mention.shape and mention.colour in (None, o.colour)]
-    if len(boxes) < mention.count:
-        raise ValueError(f"{mention.count} {mention.shape}(s) asked for, {len(boxes)} in the image")
-    return rng.sample(boxes, mention.count)
+        return [detection.objects[fits.index(best)]]
+    found = [o for o in detection.objects if o.shape == mention.shape and mention.colour in (None, o.colour)]
+    if len(found) < mention.count:
+        raise ValueError(f"{mention.count} {mention.shape}(s) asked for, {len(found)} in the image")
+    return rng.sample(found, mention.count)
 
 
 def planned_edit(instruction: str, detection: Detection, config: WorldConfig, rng: random.Random) -> EditMarks | None:
@@ -357,27 +390,29 @@ def planned_edit(instruction: str, detection: Detection, config: WorldConfig, rn
             return None
         if len(mentions) == 2 and relations:  # move the subject to where it stands in the relation to the anchor
             (subject,), (anchor,) = _find(mentions[0], detection, rng), _find(mentions[1], detection, rng)
-            side, name = max(subject[2] - subject[0], subject[3] - subject[1]), relations[0][1]
-            x, y = place_among(config, rng, side, side, taken, lambda box: holds_clearly(name, box, anchor))
-            return EditMarks(erased=(subject,), drawn=(centred_box(x, y, side, side),))
+            box, name = subject.box, relations[0][1]
+            side = max(box[2] - box[0], box[3] - box[1])
+            x, y = place_among(config, rng, side, side, taken, lambda at: holds_clearly(name, at, anchor.box))
+            return EditMarks(erased=(box,), drawn=(ObjectMark(subject.shape, centred_box(x, y, side, side)),))
         if len(mentions) == 2:  # replace: the new object takes the old one's place
             if not _REPLACE_WORDS.intersection(tokens) or _starts(tokens, _REMOVE_VERBS):
                 return None  # two objects and no relation, not as a replacement: not a world edit
-            return EditMarks(drawn=tuple(_find(mentions[0], detection, rng)))
+            return EditMarks(drawn=tuple(ObjectMark(mentions[1].shape, o.box)
+                                         for o in _find(mentions[0], detection, rng)))
         (mention,) = mentions
         if relations:
             return None
         if _starts(tokens, _REMOVE_VERBS):
-            return EditMarks(erased=tuple(_find(mention, detection, rng)))
+            return EditMarks(erased=tuple(o.box for o in _find(mention, detection, rng)))
         colours = _colour_names(config)
         if tokens[0] in _RECOLOUR_VERBS and any(t in colours for t in tokens[mention.end:]):
-            return EditMarks(drawn=tuple(_find(mention, detection, rng)))
+            return EditMarks(drawn=tuple(ObjectMark(o.shape, o.box) for o in _find(mention, detection, rng)))
         if _starts(tokens, _ADD_VERBS) and mention.count:
-            drawn: list[Box] = []
+            boxes: list[Box] = []
             for _ in range(mention.count):
                 side = sample_size(config, rng)
-                drawn.append(centred_box(*place_among(config, rng, side, side, taken + drawn), side, side))
-            return EditMarks(drawn=tuple(drawn))
+                boxes.append(centred_box(*place_among(config, rng, side, side, taken + boxes), side, side))
+            return EditMarks(drawn=tuple(ObjectMark(mention.shape, box) for box in boxes))
     except ValueError:
         return None
     return None
@@ -405,15 +440,22 @@ def _detector(preset: str) -> WorldDetector:
 
 
 def plan_edit_glyphs(
-    instruction: str, image: Image.Image, preset: str, width: int, height: int, seed: str | int | None
+    instruction: str,
+    image: Image.Image,
+    preset: str,
+    width: int,
+    height: int,
+    seed: str | int | None,
+    shapes: bool = False,
 ) -> Image.Image | None:
     """The edit marks of ``instruction`` on the input ``image`` (:func:`planned_edit` over what the world's
     detector sees in it) rendered at ``width`` × ``height``, or ``None`` when the planner cannot tell.
 
     Args:
         seed: fixes where new and moved objects go (``None``: fresh places).
+        shapes: draw each object the edit draws as the silhouette of its shape rather than its box.
     """
     config = get_preset(preset)
     detection = _detector(preset).detect(image)
     marks = planned_edit(instruction, detection, config, random.Random(seed))
-    return render_edit_marks(marks, width, height, config.canvas_px) if marks else None
+    return render_edit_marks(marks, width, height, config.canvas_px, shapes) if marks else None

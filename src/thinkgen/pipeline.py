@@ -91,6 +91,8 @@ class PipelineConfig:
             goes away, where an object goes, the words it writes; planned from the instruction and what the
             preset's detector sees in the image). Only for a DiT trained with edit marks; needs
             ``glyph_preset``.
+        glyph_shapes: object marks and the objects edit marks draw are silhouettes of the shapes the
+            instruction names, not boxes. Only for a DiT trained so; needs ``glyph_objects`` or ``glyph_edits``.
     """
 
     height: int = 1024
@@ -110,6 +112,7 @@ class PipelineConfig:
     glyph_preset: str | None = None
     glyph_objects: bool = False
     glyph_edits: bool = False
+    glyph_shapes: bool = False
 
     def __post_init__(self) -> None:
         self.cfg_range = tuple(self.cfg_range)  # JSON gives a list
@@ -124,6 +127,9 @@ class PipelineConfig:
             raise ValueError("glyph_objects marks objects in glyph references: set glyph_preset too")
         if self.glyph_edits and self.glyph_preset is None:
             raise ValueError("glyph_edits draws edit marks by a world's rules: set glyph_preset too")
+        if self.glyph_shapes and not (self.glyph_objects or self.glyph_edits):
+            raise ValueError("glyph_shapes draws object and edit marks as silhouettes: set glyph_objects or "
+                             "glyph_edits too")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
@@ -531,7 +537,7 @@ class ThinkGenPipeline:
         if self.config.glyph_preset is None:
             return None
         return plan_glyphs(instruction, self.config.glyph_preset, width, height, seed,
-                           objects=self.config.glyph_objects)
+                           objects=self.config.glyph_objects, shapes=self.config.glyph_shapes)
 
     def dit_references(
         self, images: Sequence[Image.Image], instruction: str, width: int, height: int, seed: str | int | None
@@ -542,7 +548,8 @@ class ThinkGenPipeline:
         if images:
             if not (self.config.glyph_edits and len(images) == 1):
                 return list(images)
-            marks = plan_edit_glyphs(instruction, images[0], self.config.glyph_preset, width, height, seed)
+            marks = plan_edit_glyphs(instruction, images[0], self.config.glyph_preset, width, height, seed,
+                                     self.config.glyph_shapes)
             return [images[0], marks] if marks else list(images)
         glyph = self.glyph_reference(instruction, width, height, seed)
         return [glyph] if glyph else []

@@ -293,6 +293,9 @@ class DiTModelConfig:
             (:func:`thinkgen.glyphs.edit_marks`): where something goes away, where an object goes, the words
             it writes; in training the difference between input and target scene, at inference a plan read
             from the instruction and the input image. Needs ``glyph_preset``.
+        glyph_shapes: Object marks and the objects edit marks draw show the silhouette of each object's shape
+            (in the mark grey) rather than its box, so the DiT need not bind shape words to places. Needs
+            ``glyph_objects`` or ``glyph_edits``.
     """
 
     mllm: str = "tiny"
@@ -304,6 +307,7 @@ class DiTModelConfig:
     glyph_preset: str = ""
     glyph_objects: bool = False
     glyph_edits: bool = False
+    glyph_shapes: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.mllm), "mllm must be a folder or 'tiny'")
@@ -328,6 +332,8 @@ class DiTModelConfig:
                  "glyph_objects marks objects in glyph references: set glyph_preset too")
         _require(not self.glyph_edits or bool(self.glyph_preset),
                  "glyph_edits draws edit marks by a world's rules: set glyph_preset too")
+        _require(not self.glyph_shapes or self.glyph_objects or self.glyph_edits,
+                 "glyph_shapes draws object and edit marks as silhouettes: set glyph_objects or glyph_edits too")
 
 
 @dataclass

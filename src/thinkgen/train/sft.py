@@ -306,7 +306,12 @@ def sample_time(generator: torch.Generator, config: SFTStageConfig, latent_size:
 
 
 def training_item(
-    record: Record, data: DataConfig, glyphs: bool = False, glyph_objects: bool = False, glyph_edits: bool = False
+    record: Record,
+    data: DataConfig,
+    glyphs: bool = False,
+    glyph_objects: bool = False,
+    glyph_edits: bool = False,
+    glyph_shapes: bool = False,
 ) -> dict[str, Any]:
     """A record as the loss reads it: caption, MLLM input images, target and references fitted to size.
 
@@ -315,7 +320,8 @@ def training_item(
     too, the reference also marks the box of each target object, and every text-to-image record with
     objects gets one; ``unmarked_refs`` then holds the references without the marks (``flow.mark_dropout``).
     With ``glyph_edits``, an edit of one input image that changes something gets its edit marks as a second
-    reference, and ``unmarked_refs`` holds the input image alone.
+    reference, and ``unmarked_refs`` holds the input image alone. ``glyph_shapes`` draws the objects of both
+    kinds of marks as silhouettes of their shapes rather than boxes.
 
     Images stay PIL until the loss stacks them: a DataLoader worker hands a PIL image over as its bytes, a
     tensor as a shared-memory handle of its own, which costs far more (``benchmarks/sft_input_pipeline.py``).
@@ -332,14 +338,14 @@ def training_item(
         words = [render_glyphs(record.target_words, width, height, canvas_px=width)] if record.target_words else []
         if glyph_objects and record.target_objects:
             references = [render_glyphs(record.target_words, width, height, canvas_px=width,
-                                        objects=record.target_objects)]
+                                        objects=record.target_objects, shapes=glyph_shapes)]
             unmarked = words
         else:
             references = words
     elif glyph_edits and len(references) == 1 and record.edit_marks:
         width, height = record.output_image.size
         unmarked = list(references)
-        references.append(render_edit_marks(record.edit_marks, width, height, canvas_px=width))
+        references.append(render_edit_marks(record.edit_marks, width, height, canvas_px=width, shapes=glyph_shapes))
     return {
         "prompt": record.answer if use_answer else record.instruction,
         "thought": (record.instruction, record.reasoning) if use_answer else None,
@@ -455,7 +461,7 @@ def save_sample_grid(
     refs = None
     if config.model.glyph_preset:
         glyphs = [plan_glyphs(p, config.model.glyph_preset, sample.image_size, sample.image_size, sample.seed,
-                              objects=config.model.glyph_objects) for p in prompts]
+                              objects=config.model.glyph_objects, shapes=config.model.glyph_shapes) for p in prompts]
         refs = encode_references([[g] if g else [] for g in glyphs], codec, device)
     model.eval()
     latents = sample_latents(
@@ -505,7 +511,7 @@ def export_final(
         negative_prompt=config.flow.negative_prompt, max_image_pixels=config.data.max_image_pixels,
         time_shift_reference_side=config.flow.time_shift_reference_side,
         glyph_preset=config.model.glyph_preset or None, glyph_objects=config.model.glyph_objects,
-        glyph_edits=config.model.glyph_edits,
+        glyph_edits=config.model.glyph_edits, glyph_shapes=config.model.glyph_shapes,
     )
     ThinkGenPipeline(mllm, final, codec, defaults).save_pretrained(output_dir / "final")
     logger.info("wrote %s", output_dir / "final")
@@ -574,7 +580,8 @@ def train(config: SFTStageConfig) -> SFTResult:
         return f"{width}x{height}"
 
     to_item = functools.partial(training_item, data=data, glyphs=bool(config.model.glyph_preset),
-                                glyph_objects=config.model.glyph_objects, glyph_edits=config.model.glyph_edits)
+                                glyph_objects=config.model.glyph_objects, glyph_edits=config.model.glyph_edits,
+                                glyph_shapes=config.model.glyph_shapes)
     planner, start_batches = R.make_batches(accelerator, data, sources, config.run.seed, bucket_of, to_item, True)
 
     # ---- checkpoints: resume exactly where the newest one left off

@@ -44,9 +44,8 @@ _POLYGONS: dict[str, list[tuple[float, float]]] = {
 }
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, side_px: int) -> None:
+def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, side_px: int, rgb: tuple[int, int, int]) -> None:
     x0, y0, x1, y1 = (v * side_px for v in obj.box())
-    rgb = COLOURS[obj.colour]
     if obj.shape == "circle":
         draw.ellipse([x0, y0, x1, y1], fill=rgb)
         return
@@ -77,13 +76,14 @@ def _draw_word(draw: ImageDraw.ImageDraw, word: Word, side_px: int) -> None:
     draw.text((word.x * side_px, word.y * side_px), word.text, fill=TEXT_RGB, font=font, anchor="mm")
 
 
-def render(scene: Scene, canvas_px: int) -> Image.Image:
-    """Render ``scene`` to an RGB image of ``canvas_px`` × ``canvas_px`` pixels."""
+def render(scene: Scene, canvas_px: int, object_rgb: tuple[int, int, int] | None = None) -> Image.Image:
+    """Render ``scene`` to an RGB image of ``canvas_px`` × ``canvas_px`` pixels; ``object_rgb`` draws every
+    object in that one colour instead of its own (a silhouette)."""
     side = canvas_px * SUPERSAMPLE
     image = Image.new("RGB", (side, side), BACKGROUND_RGB)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        _draw_object(draw, obj, side)
+        _draw_object(draw, obj, side, COLOURS[obj.colour] if object_rgb is None else object_rgb)
     for word in scene.words:
         _draw_word(draw, word, side)
     return image.reduce(SUPERSAMPLE)
