@@ -2,7 +2,8 @@
 rendering) against the whole call of a model, in one run.
 
 The first N plain edits of the nano test split, no thinking, one prompt per call (as the server runs
-edits). Prints the mean planning time, the mean call time with marks and without, and their ratio.
+edits). Prints the mean planning time with drawn objects as boxes and as silhouettes (``glyph_shapes``),
+the mean call time with marks and without, and their ratio.
 
     python benchmarks/edit_marks_cost.py --model nano -n 32
 """
@@ -28,10 +29,17 @@ items = load_nano(args.n, scenarios=["edit"])
 images = [item.input_images[0] for item in items]
 plan_edit_glyphs(items[0].prompt, images[0], pipe.config.glyph_preset, 64, 64, 0)  # OCR engine loads once
 
-start = time.perf_counter()
-for item, image in zip(items, images):
-    plan_edit_glyphs(item.prompt, image, pipe.config.glyph_preset, image.width, image.height, 0)
-planning = (time.perf_counter() - start) / len(items)
+
+
+def planning_time(shapes: bool) -> float:
+    start = time.perf_counter()
+    for item, image in zip(items, images):
+        plan_edit_glyphs(item.prompt, image, pipe.config.glyph_preset, image.width, image.height, 0, shapes)
+    return (time.perf_counter() - start) / len(items)
+
+
+planning_time(True)  # warm-up: the detector's and the OCR engine's first passes are slower
+boxes, silhouettes = planning_time(False), planning_time(True)
 
 
 def call_time(glyphs: bool) -> float:
@@ -43,5 +51,6 @@ def call_time(glyphs: bool) -> float:
 
 call_time(True)  # warm-up
 with_marks, without = call_time(True), call_time(False)
-print(f"{args.model}: planning {planning * 1e3:.1f} ms per edit; call {with_marks * 1e3:.1f} ms with marks, "
+print(f"{args.model}: planning {boxes * 1e3:.1f} ms per edit with boxes, {silhouettes * 1e3:.1f} ms with silhouettes; "
+      f"call {with_marks * 1e3:.1f} ms with marks (glyph_shapes={pipe.config.glyph_shapes}), "
       f"{without * 1e3:.1f} ms without ({with_marks / without:.2f}x)")
