@@ -30,7 +30,6 @@ images = [item.input_images[0] for item in items]
 plan_edit_glyphs(items[0].prompt, images[0], pipe.config.glyph_preset, 64, 64, 0)  # OCR engine loads once
 
 
-
 def planning_time(shapes: bool) -> float:
     start = time.perf_counter()
     for item, image in zip(items, images):

@@ -280,7 +280,8 @@ def edit_marks(source: Scene, target: Scene, canvas_px: int) -> EditMarks:
     old_words = lacking(source.words, target.words)
     drawn = tuple(ObjectMark(o.shape, o.box()) for o in lacking(target.objects, source.objects))
     # An object recoloured or replaced in place is drawn over, not erased.
-    erased = [box for o in lacking(source.objects, target.objects) if (box := o.box()) not in [m.box for m in drawn]]
+    drawn_boxes = {m.box for m in drawn}
+    erased = [box for o in lacking(source.objects, target.objects) if (box := o.box()) not in drawn_boxes]
     erased += [w.box for w in Detection.from_scene(Scene(words=tuple(old_words)), canvas_px).words]
     return EditMarks(tuple(erased), drawn, tuple(lacking(target.words, source.words)))
 
