@@ -135,6 +135,24 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[1][key], grad, rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_run_all_blocks_differentiates_the_reference_path_without_changing_the_output():
+    """Sharded training: a batch without references still gives every reference weight a (zero) gradient."""
+    latents, t, text, mask, _ = _random_inputs()
+    outputs, grads = [], []
+    for run_all in (False, True):
+        model = oracle_model().train()
+        model.run_all_blocks = run_all
+        out = model(latents, t, text, mask).sample
+        out.square().mean().backward()
+        outputs.append(out.detach())
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+    assert torch.equal(outputs[0], outputs[1])
+    reference_path = [k for k in grads[0] if k.startswith(("ref_image_", "image_index_embedding"))]
+    assert reference_path and all(grads[0][k] is None for k in reference_path)
+    assert all(grads[1][k] is not None and not grads[1][k].any() for k in reference_path)
+    assert all(grads[1][k] is not None for k in grads[1])
+
+
 def test_deepened_model_computes_the_same_and_its_copies_learn():
     model = oracle_model()
     deeper = model.deepened(3)

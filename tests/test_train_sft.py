@@ -249,6 +249,32 @@ del result, flat, gathered
     assert report["losses"] == pytest.approx(single, rel=1e-5)
 
 
+def test_fsdp_shards_matches_one_process_and_resumes_exactly(tmp_path):
+    """``distributed.strategy = 'fsdp'``: each process holds half of every sharded weight, the losses are one
+    process's, and a run stopped after a checkpoint resumes under FSDP to the uninterrupted losses."""
+    recipe = sft_recipe(tmp_path, extra='stage = "dit"\n[distributed]\nstrategy = "fsdp"\n')
+    single = train(load_recipe(recipe, ["run.max_steps=4", "run.save_every=0", "data.micro_batch_size=4",
+                                        "distributed.strategy='auto'"]))
+    out = tmp_path / "fsdp"
+    common = ["run.save_every=2", "data.micro_batch_size=2", f"run.output_dir='{out}'"]
+    report = _run_two_processes(tmp_path, "fsdp", f"""
+from torch.distributed.tensor import DTensor
+first = train(load_recipe({str(recipe)!r}, {[*common, "run.max_steps=2"]!r}))
+weights = [p for p in first.model.parameters() if isinstance(p, DTensor)]
+sharded = bool(weights) and all(2 * p.to_local().shape[0] >= p.shape[0] > p.to_local().shape[0] for p in weights
+                                if p.shape[0] > 1)
+rest = train(load_recipe({str(recipe)!r}, {[*common, "run.max_steps=4"]!r}))
+report = {{"sharded": sharded, "num_sharded": len(weights), "total": len(list(first.model.parameters())),
+          "losses": first.losses + rest.losses}}
+del first, rest, weights
+""")
+    assert report["sharded"] and report["num_sharded"] == report["total"]
+    assert report["losses"] == pytest.approx(single.losses, rel=1e-5)
+    exported = ThinkGenTransformer2DModel.from_pretrained(out / "final" / "transformer")
+    for name, tensor in single.model.state_dict().items():
+        torch.testing.assert_close(exported.state_dict()[name], tensor, rtol=1e-4, atol=1e-6)
+
+
 def test_one_process_out_of_time_stops_every_process_at_the_same_step(tmp_path):
     """Clocks differ between processes: the first to pass the budget decides, and all save that step."""
     recipe = sft_recipe(tmp_path, extra='stage = "dit"')

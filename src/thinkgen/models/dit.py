@@ -137,6 +137,9 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"num_prepad_states must be >= 0, got {num_prepad_states}")
         self.rope = RotaryEmbedding3D(axes_dim_rope, axes_lens)
         self.gradient_checkpointing = False
+        # Sharded training (FSDP) needs every process to run, and differentiate, the same blocks in every
+        # step; set by the wrapping code (thinkgen.train.distributed), never saved.
+        self.run_all_blocks = False
         patch_dim = patch_size * patch_size * in_channels
         caption_dim = 2 * text_feat_dim
 
@@ -389,6 +392,13 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin):
         mask = torch.zeros(batch, total_len, dtype=torch.bool, device=device)
         ids = torch.zeros(batch, total_len, 3, dtype=torch.long, device=device)
         if not flat_refs:
+            if self.run_all_blocks:  # a one-token stand-in through the reference path, weighted 0
+                patch = temb.new_zeros(1, self.ref_image_patch_embedder.in_features, dtype=dtype)
+                stand_in = (self.ref_image_patch_embedder(patch) + self.image_index_embedding[0])[None]
+                cos, sin = self.rope(torch.zeros(1, 1, 3, dtype=torch.long, device=device))
+                for block in self.ref_image_refiner:
+                    stand_in = self._run_block(block, stand_in, None, cos, sin, temb[:1])
+                states = states + 0 * stand_in.sum()
             return states, mask, ids
 
         lengths = [ids_j.shape[0] for ids_j in flat_ids]

@@ -78,7 +78,7 @@ from thinkgen.train import run as R
 from thinkgen.train.checkpoint import RNGState, ValueState
 from thinkgen.train.distributed import OptimizerState, TrainableWeights, wrap_model
 from thinkgen.train.logs import MetricsLogger
-from thinkgen.train.optim import build_optimizer, build_scheduler
+from thinkgen.train.optim import build_scheduler
 from thinkgen.train.sft import EMA
 
 logger = logging.getLogger(__name__)
@@ -274,9 +274,8 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
     trainable.train()
     num_trainable = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
     logger.info("DiT-GRPO: %.3fM trainable DiT parameters; MLLM frozen", num_trainable / 1e6)
-    model = wrap_model(accelerator, trainable, config.train.gradient_checkpointing)
+    model, optimizer = wrap_model(accelerator, trainable, config.train.gradient_checkpointing, config.optim)
     ema = EMA(trainable, config.train.ema_decay) if config.train.ema_decay else None  # on the model's device
-    optimizer = accelerator.prepare(build_optimizer(model, config.optim))
     scheduler = build_scheduler(optimizer, config.optim, config.run.max_steps * grpo.num_iterations)
 
     # ---- prompts and rewards

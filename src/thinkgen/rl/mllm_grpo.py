@@ -66,7 +66,7 @@ from thinkgen.train import run as R
 from thinkgen.train.checkpoint import RNGState, ValueState
 from thinkgen.train.distributed import OptimizerState, TrainableWeights, wrap_model
 from thinkgen.train.logs import MetricsLogger
-from thinkgen.train.optim import build_optimizer, build_scheduler
+from thinkgen.train.optim import build_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -365,8 +365,7 @@ def train(config: MLLMGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> G
     trainable.train()
     num_trainable = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
     logger.info("MLLM-GRPO: %.3fM trainable MLLM parameters; DiT frozen", num_trainable / 1e6)
-    model = wrap_model(accelerator, trainable, config.train.gradient_checkpointing)
-    optimizer = accelerator.prepare(build_optimizer(model, config.optim))
+    model, optimizer = wrap_model(accelerator, trainable, config.train.gradient_checkpointing, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.run.max_steps * grpo.num_iterations)
 
     # ---- prompts and rewards

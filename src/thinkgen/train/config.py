@@ -252,7 +252,8 @@ class DistributedConfig:
 
     Attributes:
         strategy: ``auto`` (one process, or DDP under ``accelerate launch`` / ``torchrun``) or ``fsdp``
-            (FSDP2, one shard unit per class in the model's ``_no_split_modules``).
+            (FSDP2, one shard unit per class in the model's ``_no_split_modules``; GPUs, or CPU processes
+            over gloo).
     """
 
     strategy: str = "auto"

@@ -5,8 +5,9 @@ Models in ``thinkgen.models`` import nothing distributed; they only declare what
 
 - :func:`build_accelerator` makes the ``Accelerator`` (one process, DDP under ``accelerate launch`` /
   ``torchrun``, or FSDP2) with mixed precision and gradient accumulation;
-- :func:`wrap_model` applies, in a fixed order, gradient checkpointing and then ``accelerator.prepare``
-  (DDP, or FSDP2 with one shard unit per class named in ``_no_split_modules``);
+- :func:`wrap_model` applies, in a fixed order, gradient checkpointing, the optimizer and then
+  ``accelerator.prepare`` of both together (DDP, or FSDP2 with one shard unit per class named in
+  ``_no_split_modules``, which swaps the optimizer's parameters for the sharded ones);
 - :class:`TrainableWeights` and :class:`OptimizerState` are the checkpoint pieces of the wrapped model and
   its optimizer. They go through ``torch.distributed.checkpoint.state_dict``, which returns *full*
   (unsharded) tensors keyed by parameter name whatever the wrapping, so a checkpoint written under FSDP
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedDataParallelKwargs, FullyShardedDataParallelPlugin
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, FullyShardedDataParallelPlugin
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -29,6 +30,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+
+from thinkgen.train.config import OptimConfig
+from thinkgen.train.optim import build_optimizer
 
 # Frozen parameters come from the model's own source (a pretrained folder or a seeded init), so the
 # checkpoint holds only what training changes.
@@ -73,13 +77,21 @@ def build_accelerator(
             reshard_after_forward=True,
             state_dict_type="FULL_STATE_DICT",
         )
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=global_batch_size // (micro_batch_size * processes),
         cpu=not torch.cuda.is_available(),
         fsdp_plugin=fsdp_plugin,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
     )
+    if fsdp_plugin is not None and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        # accelerate turns FSDP on for accelerator devices only and would silently run DDP here; torch's
+        # FSDP2 shards over gloo on CPU processes as well, so they take the same sharded path as GPUs.
+        if mixed_precision != "no":
+            fsdp_plugin.set_mixed_precision(mixed_precision)
+        accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = fsdp_plugin
+    return accelerator
 
 
 def end_processes() -> None:
@@ -95,16 +107,21 @@ def end_processes() -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(accelerator: Accelerator, model: torch.nn.Module, gradient_checkpointing: bool) -> torch.nn.Module:
-    """Make ``model`` ready to train on this accelerator: checkpointing first, then DDP / FSDP wrapping.
+def wrap_model(
+    accelerator: Accelerator, model: torch.nn.Module, gradient_checkpointing: bool, optim: OptimConfig
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Make ``model`` and its optimizer ready to train on this accelerator: checkpointing first, then the
+    optimizer, then DDP / FSDP wrapping of both together (FSDP2 replaces the parameters by shards, and the
+    optimizer must hold those).
 
     Args:
         accelerator: From :func:`build_accelerator`.
         model: A diffusers or transformers model (or a peft model around one), trainable parameters set.
         gradient_checkpointing: Recompute block activations in the backward pass.
+        optim: The AdamW settings (:func:`thinkgen.train.optim.build_optimizer`).
 
     Returns:
-        The wrapped model (call ``accelerator.unwrap_model`` to reach the module itself).
+        The wrapped model (call ``accelerator.unwrap_model`` to reach the module itself) and its optimizer.
     """
     if gradient_checkpointing:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -112,7 +129,11 @@ def wrap_model(accelerator: Accelerator, model: torch.nn.Module, gradient_checkp
             base.enable_gradient_checkpointing()
         else:  # transformers
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return accelerator.prepare(model)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        for module in model.modules():
+            if hasattr(module, "run_all_blocks"):  # blocks that run only for some inputs (the DiT's references)
+                module.run_all_blocks = True
+    return accelerator.prepare(model, build_optimizer(model, optim))
 
 
 class TrainableWeights:

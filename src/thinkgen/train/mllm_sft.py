@@ -58,7 +58,7 @@ from thinkgen.train.config import MLLMSFTConfig
 from thinkgen.train.data import Record, SampleError, Source, build_sources
 from thinkgen.train.distributed import OptimizerState, TrainableWeights, build_accelerator, wrap_model
 from thinkgen.train.logs import MetricsLogger
-from thinkgen.train.optim import build_optimizer, build_scheduler
+from thinkgen.train.optim import build_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +203,7 @@ def train(config: MLLMSFTConfig) -> MLLMSFTResult:
         qwen = build_tiny_qwen3vl(processor.tokenizer, tiny_spec(config), seed=config.run.seed)
     qwen.requires_grad_(True).train()
     logger.info("MLLM: %.3fM parameters", sum(p.numel() for p in qwen.parameters()) / 1e6)
-    model = wrap_model(accelerator, qwen, config.train.gradient_checkpointing)
-    optimizer = accelerator.prepare(build_optimizer(model, config.optim))
+    model, optimizer = wrap_model(accelerator, qwen, config.train.gradient_checkpointing, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.run.max_steps)
 
     # ---- data

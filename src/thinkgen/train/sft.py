@@ -57,7 +57,7 @@ from thinkgen.train.config import DataConfig, SFTStageConfig
 from thinkgen.train.data import Record, Source, build_sources, fit_image, fitted_size
 from thinkgen.train.distributed import OptimizerState, TrainableWeights, build_accelerator, wrap_model
 from thinkgen.train.logs import MetricsLogger
-from thinkgen.train.optim import build_optimizer, build_scheduler
+from thinkgen.train.optim import build_scheduler
 
 # The think-mode context of a caption: (the user's prompt, the reasoning inside <think>…</think>).
 Thought = tuple[str, str]
@@ -549,7 +549,7 @@ def train(config: SFTStageConfig) -> SFTResult:
     sources = build_sources(config.data, config.run.seed, required=("instruction", "output_image"))
     R.write_config(output_dir, config, accelerator.is_main_process)
 
-    # ---- models: frozen MLLM and codec, the DiT with the stage's trainable parts
+    # ---- models: frozen MLLM and codec, the DiT with the stage's trainable parts, its optimizer
     mllm = load_mllm(config.model.mllm, config.model.mllm_dtype, config.run.seed)
     mllm.model.to(device)
     codec = PixelCodec() if config.model.codec == "pixel" else load_codec(config.model.codec)
@@ -563,13 +563,10 @@ def train(config: SFTStageConfig) -> SFTResult:
     num_trainable = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
     logger.info("stage %s: %.3fM of %.3fM DiT parameters train", config.train.stage, num_trainable / 1e6,
                 sum(p.numel() for p in dit.parameters()) / 1e6)
-    model = wrap_model(accelerator, trainable, config.train.gradient_checkpointing)
+    model, optimizer = wrap_model(accelerator, trainable, config.train.gradient_checkpointing, config.optim)
     # After wrap_model: the average lives on the device the parameters were moved to.
     ema = EMA(trainable, config.train.ema_decay) if config.train.ema_decay else None
     encoder = FeatureEncoder(mllm, config.train.max_cached_features if config.train.cache_features else 0)
-
-    # ---- optimizer and LR schedule
-    optimizer = accelerator.prepare(build_optimizer(model, config.optim))
     scheduler = build_scheduler(optimizer, config.optim, config.run.max_steps)
 
     # ---- data: one size bucket per batch, each process loads its slice
