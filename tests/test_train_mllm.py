@@ -81,3 +81,28 @@ lr = 3e-3
     assert out.instruction_states.shape[-1] == 2 * mllm.hidden_size
     # The tokenizer learned the world's words: a frequent world word (after a space) is one token.
     assert len(mllm.tokenizer(" triangles", add_special_tokens=False).input_ids) == 1
+
+
+def test_the_step_loss_is_the_mean_over_its_tokens_however_the_batch_is_split(tmp_path):
+    """Micro-batches of unequal token counts: accumulating 2 × 2 samples trains and logs as 1 × 4 does."""
+    recipe = tmp_path / "mllm.toml"
+    recipe.write_text(f"""trainer = "mllm_sft"
+[run]
+output_dir = "{tmp_path / 'whole'}"
+max_steps = 3
+save_every = 0
+use_tensorboard = false
+[model]
+num_corpus_samples = 60
+tiny = {{ vocab_size = 384 }}
+[data]
+global_batch_size = 4
+micro_batch_size = 4
+[[data.sources]]
+scenarios = ["reasoning", "reflection"]
+[optim]
+lr = 3e-3
+""")
+    whole = train(load_recipe(recipe))
+    split = train(load_recipe(recipe, ["data.micro_batch_size=2", f"run.output_dir='{tmp_path / 'split'}'"]))
+    assert split.losses == pytest.approx(whole.losses, rel=1e-5)

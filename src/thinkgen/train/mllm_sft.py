@@ -173,6 +173,11 @@ def collate_tokens(
     return {key: value.to(device) for key, value in batch.items()}
 
 
+def count_targets(items: list[dict[str, torch.Tensor | np.ndarray]]) -> int:
+    """The tokens the loss predicts in these items (a label's first token is never predicted)."""
+    return sum(int((np.asarray(item["labels"])[1:] != IGNORE_INDEX).sum()) for item in items)
+
+
 def train(config: MLLMSFTConfig) -> MLLMSFTResult:
     """Run (or resume) the MLLM stage. See the module docstring for the commands.
 
@@ -235,7 +240,9 @@ def train(config: MLLMSFTConfig) -> MLLMSFTResult:
     while step < config.run.max_steps:
         totals = R.accumulate_step(
             accelerator, model, batches, sampler.num_micro_steps,
-            lambda items: model(**collate_tokens(items, pad_token_id, accelerator.device)).loss, budget,
+            lambda items, normaliser: model(**collate_tokens(items, pad_token_id, accelerator.device),
+                                            num_items_in_batch=normaliser).loss,
+            budget, targets_of=count_targets,
         )
         grad_norm = R.optimizer_step(accelerator, model, optimizer, scheduler, config.optim.max_grad_norm)
         step += 1

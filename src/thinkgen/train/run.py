@@ -139,22 +139,33 @@ def accumulate_step(
     model: torch.nn.Module,
     batches: Iterator[dict[str, Any]],
     num_micro_steps: int,
-    loss_of: Callable[[list[Any]], torch.Tensor],
+    loss_of: Callable[..., torch.Tensor],
     budget: TimeBudget,
+    targets_of: Callable[[list[Any]], int] | None = None,
 ) -> StepTotals:
     """Forward and backward over the micro-batches of one optimizer step (gradients accumulate), then one
     all-reduce of the step's loss, sample counts and whether any process's time budget is spent.
 
     A micro-batch whose items all failed to load adds a zero loss, so that this process still joins the
     gradient all-reduce.
+
+    With ``targets_of`` (the number of loss targets of some items, e.g. tokens), the step's loss is the mean
+    over all its targets, whatever the split into processes and micro-batches: ``loss_of(items, normaliser)``
+    must return the sum of its items' target losses divided by ``normaliser``, the step's targets over
+    processes divided by its micro-batches over processes (accelerate then divides each micro-batch's loss by
+    the accumulation steps, and DDP averages the processes).
     """
+    micro_batches = [next(batches) for _ in range(num_micro_steps)]
+    extra: tuple[float, ...] = ()
+    if targets_of is not None:
+        (targets,) = reduce_sum(accelerator, [sum(targets_of(b["items"]) for b in micro_batches if b["items"])])
+        extra = (max(targets, 1.0) / (num_micro_steps * accelerator.num_processes),)
     loss_sum, num_samples, num_broken = 0.0, 0, 0
-    for _ in range(num_micro_steps):
-        batch = next(batches)
+    for batch in micro_batches:
         report_broken(batch["broken"])
         with accelerator.accumulate(model):
             if batch["items"]:
-                loss = loss_of(batch["items"])
+                loss = loss_of(batch["items"], *extra)
             else:
                 loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             accelerator.backward(loss)
