@@ -52,26 +52,31 @@ def test_encoded_sample_masks_the_prompt_and_carries_images():
     assert same.keys() == batch.keys() and all(torch.equal(same[k], batch[k]) for k in batch)
 
 
-def test_mllm_stage_trains_resumes_exactly_and_exports(tmp_path):
+def _tiny_recipe(tmp_path, micro_batch_size: int, extra_run: str = ""):
+    """A tiny MLLM-stage recipe: 3 steps of 4 samples, a 384-token tokenizer."""
     recipe = tmp_path / "mllm.toml"
     recipe.write_text(f"""trainer = "mllm_sft"
 [run]
 output_dir = "{tmp_path / 'run'}"
 max_steps = 3
-log_every = 1
-save_every = 2
 use_tensorboard = false
+{extra_run}
 [model]
 num_corpus_samples = 60
 tiny = {{ vocab_size = 384 }}
 [data]
 global_batch_size = 4
-micro_batch_size = 2
+micro_batch_size = {micro_batch_size}
 [[data.sources]]
 scenarios = ["reasoning", "reflection"]
 [optim]
 lr = 3e-3
 """)
+    return recipe
+
+
+def test_mllm_stage_trains_resumes_exactly_and_exports(tmp_path):
+    recipe = _tiny_recipe(tmp_path, 2, "log_every = 1\nsave_every = 2")
     reference = train(load_recipe(recipe)).losses
     first = train(load_recipe(recipe, ["run.max_steps=2", f"run.output_dir='{tmp_path / 'split'}'"]))
     rest = train(load_recipe(recipe, [f"run.output_dir='{tmp_path / 'split'}'"]))
@@ -85,24 +90,7 @@ lr = 3e-3
 
 def test_the_step_loss_is_the_mean_over_its_tokens_however_the_batch_is_split(tmp_path):
     """Micro-batches of unequal token counts: accumulating 2 × 2 samples trains and logs as 1 × 4 does."""
-    recipe = tmp_path / "mllm.toml"
-    recipe.write_text(f"""trainer = "mllm_sft"
-[run]
-output_dir = "{tmp_path / 'whole'}"
-max_steps = 3
-save_every = 0
-use_tensorboard = false
-[model]
-num_corpus_samples = 60
-tiny = {{ vocab_size = 384 }}
-[data]
-global_batch_size = 4
-micro_batch_size = 4
-[[data.sources]]
-scenarios = ["reasoning", "reflection"]
-[optim]
-lr = 3e-3
-""")
+    recipe = _tiny_recipe(tmp_path, 4, "save_every = 0")
     whole = train(load_recipe(recipe))
     split = train(load_recipe(recipe, ["data.micro_batch_size=2", f"run.output_dir='{tmp_path / 'split'}'"]))
     assert split.losses == pytest.approx(whole.losses, rel=1e-5)
