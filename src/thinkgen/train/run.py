@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,17 +155,18 @@ def accumulate_step(
     processes divided by its micro-batches over processes (accelerate then divides each micro-batch's loss by
     the accumulation steps, and DDP averages the processes).
     """
-    micro_batches = [next(batches) for _ in range(num_micro_steps)]
-    extra: tuple[float, ...] = ()
-    if targets_of is not None:
+    normaliser = None
+    micro_batches: Iterable[dict[str, Any]] = (next(batches) for _ in range(num_micro_steps))
+    if targets_of is not None:  # the step's targets must be counted before its first backward
+        micro_batches = list(micro_batches)
         (targets,) = reduce_sum(accelerator, [sum(targets_of(b["items"]) for b in micro_batches if b["items"])])
-        extra = (max(targets, 1.0) / (num_micro_steps * accelerator.num_processes),)
+        normaliser = max(targets, 1.0) / (num_micro_steps * accelerator.num_processes)
     loss_sum, num_samples, num_broken = 0.0, 0, 0
     for batch in micro_batches:
         report_broken(batch["broken"])
         with accelerator.accumulate(model):
             if batch["items"]:
-                loss = loss_of(batch["items"], *extra)
+                loss = loss_of(batch["items"]) if normaliser is None else loss_of(batch["items"], normaliser)
             else:
                 loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             accelerator.backward(loss)
