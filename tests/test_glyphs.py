@@ -41,6 +41,10 @@ QUOTING = 'the word "cat"'
 def test_quoted_texts_in_order_each_once():
     assert quoted_texts('the words "cat" and "dog", then "cat" again') == ["cat", "dog"]
     assert quoted_texts("one red circle") == []
+    # Quotes holding a line break or control character are no text to draw (the font cannot lay them out).
+    broken = [f'"a{c}b"' for c in "\n\r\x1c\x85\u2029\x00"]
+    assert quoted_texts(" ".join(broken) + ' "cat"') == ["cat"]
+    assert plan_glyphs('write "a\rb"', "nano", 64, 64, 0) is None
 
 
 @pytest.mark.parametrize("seed", [0, 7, 123])

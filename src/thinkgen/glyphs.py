@@ -50,8 +50,10 @@ from .world.phrasing import RELATION_PHRASES, plural
 from .world.render import render
 from .world.scene import Scene, SceneObject, Word, WorldConfig, get_preset
 
-# A quoted word or phrase, as the world's prompts write them ("cat"); at most 40 characters.
-QUOTED_TEXT = re.compile(r'"([^"\n]{1,40})"')
+# Quotes pair up in order ("cat" and "dog"); a quoted text is drawn when it has 1 to 40 characters and no
+# control character or line break (a sampled MLLM can quote one, and the font cannot lay it out).
+QUOTED_TEXT = re.compile(r'"([^"]*)"')
+_DRAWABLE_TEXT = re.compile(r'[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,40}')
 
 # Light grey: in no preset's palette (the world's gray is 140), so a mark never reads as an object.
 OBJECT_MARK_RGB = (200, 200, 200)
@@ -64,8 +66,8 @@ _MAX_PREFIX = 4  # words looked back from a shape noun for its count ("a single 
 
 
 def quoted_texts(instruction: str) -> list[str]:
-    """The texts ``instruction`` quotes, in order, each once."""
-    return list(dict.fromkeys(QUOTED_TEXT.findall(instruction)))
+    """The drawable texts ``instruction`` quotes, in order, each once."""
+    return list(dict.fromkeys(t for t in QUOTED_TEXT.findall(instruction) if _DRAWABLE_TEXT.fullmatch(t)))
 
 
 @dataclass(frozen=True)
