@@ -120,3 +120,31 @@ def test_rl_recipes_refuse_a_time_budget():
     """RL stages stop at max_steps (their best export and evaluation schedule depend on it)."""
     with pytest.raises(RecipeError, match="run.max_minutes is for the supervised trainers"):
         load_recipe(Path("recipes/nano/stage5_dit_grpo.toml"), ["run.max_minutes=5"])
+
+
+def _short_path_commands() -> list[list[str]]:
+    """The ``timed NAME COMMAND...`` lines of recipes/nano/short_path.sh, split as the shell splits them."""
+    import shlex
+
+    script = (Path(__file__).parents[1] / "recipes" / "nano" / "short_path.sh").read_text()
+    lines = script.replace("\\\n", " ").splitlines()
+    return [shlex.split(line)[1:] for line in lines if line.startswith("timed ")]
+
+
+def test_short_path_script_chains_valid_recipes(tmp_path):
+    """Every stage of recipes/nano/short_path.sh loads with the script's overrides, writes where the script's
+    later stages read, and starts from what an earlier stage wrote."""
+    recipes = Path(__file__).parents[1] / "recipes" / "nano"
+    commands = _short_path_commands()
+    assert [c[0] for c in commands] == ["codec", "mllm", "stage2_marks", "reflection_grpo", "composition_dit_grpo"]
+    written: set[str] = set()
+    for name, *command in commands:
+        recipe = command[command.index("--recipe") + 1].replace("$recipes", str(recipes))
+        overrides = [command[i + 1].replace("$out", str(tmp_path)) for i, a in enumerate(command) if a == "--set"]
+        config = load_recipe(recipe, overrides)
+        assert config.run.output_dir == str(tmp_path / name)
+        model = config.model
+        reads = [getattr(model, f) for f in ("mllm", "codec", "pipeline") if hasattr(model, f)]
+        for path in reads:
+            assert any(path.startswith(w) for w in written), f"{name} reads {path}, which no earlier stage writes"
+        written.add(config.run.output_dir + "/final")

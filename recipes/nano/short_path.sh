@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# ThinkGen-Nano from scratch by the short path, on a 2-core CPU machine, one command:
+#   recipes/nano/short_path.sh [OUTPUT_DIR]          (default runs/nano-short; needs `thinkgen` and `torchrun`)
+# 1. the palette codec (codec.toml), one process, then the MLLM (mllm.toml), two processes;
+# 2. the DiT with every mark from its first step (stage2_marks.toml), two processes;
+# 3. MLLM-GRPO on reflection and reasoning edits (reflection_grpo.toml), DiT frozen;
+# 4. DiT-GRPO on composition (composition_dit_grpo.toml), MLLM frozen.
+# Each stage resumes from its last checkpoint when the script is run again, and a finished stage (its
+# final/ exists) is skipped; a failing stage stops the script (its log: OUTPUT_DIR/NAME.log). The wall time
+# of each stage goes to OUTPUT_DIR/wall_times.tsv. The result,
+# OUTPUT_DIR/composition_dit_grpo/final, is a pipeline folder: thinkgen generate --model it "…".
+set -euo pipefail
+
+out="${1:-runs/nano-short}"
+recipes="$(dirname "$0")"
+mkdir -p "$out"
+export OMP_NUM_THREADS=1  # one thread per process: the processes, not threads, share the cores
+
+timed() {  # timed NAME COMMAND...: run COMMAND unless NAME's final/ exists, and log its wall time
+    local name="$1"; shift
+    if [[ -e "$out/$name/final" ]]; then
+        echo "$name: done, skipped"
+        return
+    fi
+    local start=$SECONDS
+    "$@" > "$out/$name.log" 2>&1
+    printf '%s\t%d\n' "$name" $((SECONDS - start)) >> "$out/wall_times.tsv"
+}
+
+# The codec trains in one process; the MLLM, like the DiT, on two (torchrun, gloo).
+timed codec thinkgen train --recipe "$recipes/codec.toml" --set run.output_dir="\"$out/codec\""
+timed mllm torchrun --nproc_per_node 2 -m thinkgen.cli train --recipe "$recipes/mllm.toml" \
+    --set run.output_dir="\"$out/mllm\"" --set data.micro_batch_size=16 --set data.num_workers=0
+timed stage2_marks torchrun --nproc_per_node 2 -m thinkgen.cli train --recipe "$recipes/stage2_marks.toml" \
+    --set run.output_dir="\"$out/stage2_marks\"" --set model.mllm="\"$out/mllm/final/mllm\"" \
+    --set model.codec="\"$out/codec/final\"" \
+    --set data.micro_batch_size=16 --set data.num_workers=0 --set run.sample_every=0
+timed reflection_grpo thinkgen train --recipe "$recipes/reflection_grpo.toml" \
+    --set run.output_dir="\"$out/reflection_grpo\"" --set model.pipeline="\"$out/stage2_marks/final\""
+timed composition_dit_grpo thinkgen train --recipe "$recipes/composition_dit_grpo.toml" \
+    --set run.output_dir="\"$out/composition_dit_grpo\"" --set model.pipeline="\"$out/reflection_grpo/final\""
