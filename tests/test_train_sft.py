@@ -249,6 +249,16 @@ del result, flat, gathered
     assert report["losses"] == pytest.approx(single, rel=1e-5)
 
 
+def test_a_deepspeed_launcher_is_refused_before_anything_is_built(tmp_path, monkeypatch):
+    """`accelerate launch` with a DeepSpeed config would wrap the model whatever the recipe says; the run stops
+    with the way to shard instead (FSDP), not at accelerate's "DeepSpeed is not installed"."""
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    config = load_recipe(sft_recipe(tmp_path))
+    with pytest.raises(ValueError, match=r'DeepSpeed .*distributed.strategy = "fsdp"'):
+        train(config)
+    assert not (tmp_path / "run").exists()
+
+
 def test_fsdp_shards_matches_one_process_and_resumes_exactly(tmp_path):
     """``distributed.strategy = 'fsdp'``: each process holds half of every sharded weight, the losses are one
     process's, and a run stopped after a checkpoint resumes under FSDP to the uninterrupted losses."""

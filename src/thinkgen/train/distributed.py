@@ -17,6 +17,7 @@ Models in ``thinkgen.models`` import nothing distributed; they only declare what
 from __future__ import annotations
 
 import gc
+import os
 from typing import Any
 
 import torch
@@ -61,6 +62,7 @@ def build_accelerator(
         find_unused_parameters: Let DDP accept parameters without a gradient in a step (the DiT's
             reference refiner on a batch without edits).
     """
+    _check_launcher(strategy)
     # The process group comes up here (from the launcher's environment), before any model is built.
     processes = PartialState(cpu=not torch.cuda.is_available()).num_processes
     if global_batch_size % (micro_batch_size * processes):
@@ -92,6 +94,23 @@ def build_accelerator(
         accelerator.state.distributed_type = DistributedType.FSDP
         accelerator.state.fsdp_plugin = fsdp_plugin
     return accelerator
+
+
+def _check_launcher(strategy: str) -> None:
+    """Refuse an ``accelerate launch`` configuration with DeepSpeed before anything is built.
+
+    accelerate reads DeepSpeed from the launcher's environment and would wrap the model with it whatever
+    the recipe says. thinkgen does not train with DeepSpeed: its checkpoints are pickled (its loader
+    unpickles them), and the run's own safetensors checkpoints cannot read its partitioned optimizer.
+    FSDP2 (``distributed.strategy = "fsdp"``) shards parameters, gradients and optimizer state instead.
+    """
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ValueError(
+            "the launcher asks for DeepSpeed (ACCELERATE_USE_DEEPSPEED, set by `accelerate launch` with a "
+            "DeepSpeed config or --use_deepspeed), which thinkgen does not train with; to shard the model, set "
+            f"distributed.strategy = \"fsdp\" in the recipe (now {strategy!r}) and launch with torchrun or "
+            "`accelerate launch --multi_gpu`"
+        )
 
 
 def end_processes() -> None:
