@@ -13,7 +13,8 @@ number of optimizer steps at the same learning rate:
 Each arm, and the starting model, is then scored on the held-out test split: the nano-bench's reasoning
 accuracy with and without thinking (the world judge on the drawn image), and the MLLM's exact-instruction
 accuracy on the same prompts (the instruction it wrote after ``</think>`` against the world's answer),
-which separates what the MLLM learned from what the DiT can draw. Training and evaluation are the
+which separates what the MLLM learned from what the DiT can draw. The think-mode accuracy is also split
+between test prompts whose facts the train split has and those with a held-out fact, which no arm sees. Training and evaluation are the
 project's own commands, so an interrupted run resumes where it stopped when the script is run again.
 
     python benchmarks/nano_rl_vs_sft.py --pipeline runs/nano/stage3/final --mllm checkpoints/nano-mllm \
@@ -90,6 +91,17 @@ def sft_arm() -> Path:
     return pipeline_dir
 
 
+def accuracy_by_held_out(eval_dir: Path) -> tuple[float, float]:
+    """Think-mode reasoning accuracy on the test prompts whose facts the train split has, and on those with a
+    held-out fact (no arm sees those facts, so only the first can move)."""
+    held_out = {item.key: item.meta["held_out"] for item in load_nano(args.limit, ["reasoning"])}
+    scores = {True: [], False: []}
+    for line in (eval_dir / "think" / "scores.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        scores[held_out[row["key"]]].append(row["accuracy"] or 0.0)
+    return tuple(sum(s) / max(len(s), 1) for s in (scores[False], scores[True]))
+
+
 def instruction_accuracy(eval_dir: Path) -> float:
     """Share of the think-mode test prompts whose instruction equals the world's answer."""
     answers = {item.key: item.meta["answer"] for item in load_nano(args.limit, ["reasoning"])}
@@ -110,12 +122,14 @@ for arm in args.arms:
            "no_think": results["no_think"]["summary"]["categories"]["reasoning"],
            "think_credit": results["think"]["summary"]["metrics"]["clause_credit/reasoning"],
            "instruction_exact": instruction_accuracy(eval_dir)}
+    row["think_known_facts"], row["think_held_out_facts"] = accuracy_by_held_out(eval_dir)
     rows.append(row)
     with (out / "rl_vs_sft.jsonl").open("a") as log:
         log.write(json.dumps(row) + "\n")
 
-print("| arm | reasoning, think | reasoning, no-think | clause credit, think | exact instruction |")
-print("|---|---|---|---|---|")
+print("| arm | reasoning, think | known facts, think | held-out facts, think | reasoning, no-think "
+      "| clause credit, think | exact instruction |")
+print("|---|---|---|---|---|---|---|")
 for row in rows:
-    print(f"| {row['arm']} | {row['think']:.2f} | {row['no_think']:.2f} | {row['think_credit']:.3f} "
-          f"| {row['instruction_exact']:.2f} |")
+    print(f"| {row['arm']} | {row['think']:.2f} | {row['think_known_facts']:.2f} | {row['think_held_out_facts']:.2f} "
+          f"| {row['no_think']:.2f} | {row['think_credit']:.3f} | {row['instruction_exact']:.2f} |")

@@ -9,6 +9,7 @@ import pytest
 
 from thinkgen.cli import main
 from thinkgen.pipeline import ThinkGenPipeline
+from thinkgen.rl.common import PromptSource
 from thinkgen.rl.config import DiTGRPOConfig, MLLMGRPOConfig
 from thinkgen.rl.sepgrpo import stage_configs
 from thinkgen.train.config import RecipeError, load_recipe
@@ -77,6 +78,25 @@ def test_recipe_errors_name_the_reward(tmp_path):
         load_recipe(recipe, ["dit_grpo.grpo.num_generations=1"])
     with pytest.raises(RecipeError, match=r"no table for scenario\(s\) \['text'\]"):
         load_recipe(recipe, ["mllm_grpo.prompts.scenarios={ text = 1.0, composition = 1.0 }"])
+
+
+def test_prompt_kinds_narrow_the_world_prompts_of_training_and_evaluation(tmp_path):
+    recipe = _recipe(tmp_path)
+    every = load_recipe(recipe).dit_grpo.prompts
+    narrowed = load_recipe(recipe, ['dit_grpo.prompts.kinds={ composition = ["color_attr", "position"] }']).dit_grpo.prompts
+
+    def tags(prompts, split: str) -> set[str]:
+        source = PromptSource(prompts, split=split)
+        return {item.spec.tag for item in map(source.get, range(60)) if item.scenario == "composition"}
+
+    assert len(tags(every, "train")) > 2
+    assert tags(narrowed, "train") == tags(narrowed, "val") == {"color_attr", "position"}
+    # The other scenarios of the mix are drawn as before.
+    assert {PromptSource(narrowed).get(i).scenario for i in range(20)} == {"composition", "reflection"}
+    with pytest.raises(RecipeError, match=r"kinds.composition must be a non-empty list of single_object, .*color_attr"):
+        load_recipe(recipe, ['dit_grpo.prompts.kinds={ composition = ["colour_attr"] }'])
+    with pytest.raises(RecipeError, match=r"kinds.text: 'text' is not in prompts.scenarios"):
+        load_recipe(recipe, ['dit_grpo.prompts.kinds={ text = ["text"] }'])
 
 
 def test_thinkgen_train_runs_sepgrpo_end_to_end_and_resumes(tmp_path):

@@ -16,7 +16,7 @@ RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*/*.toml"))
 # Fields whose value is a free-form table of another class's arguments (DiT / tiny-MLLM constructors).
 FREE_TABLES = {"dit", "tiny", "tiny_dit"}
 # Keys a section may leave out because its kind does not use them.
-KIND_FIELDS = {"jsonl": {"scenarios", "preset", "split"}, "world": {"path"}}
+KIND_FIELDS = {"jsonl": {"scenarios", "kinds", "preset", "split"}, "world": {"path"}}
 
 
 def _check_sections(path: Path, config: object, data: dict) -> None:

@@ -35,7 +35,7 @@ from thinkgen.train.config import (
     _one_of,
     _require,
 )
-from thinkgen.world.scenarios import check_scenario
+from thinkgen.world.scenarios import SCENARIO_KINDS, check_scenario
 from thinkgen.world.scene import get_preset
 from thinkgen.world.splits import check_split
 
@@ -81,6 +81,9 @@ class PromptConfig:
             (records with ``instruction``, optional ``scenario``, ``spec``, ``input_images`` (paths relative to
             the file) and any further columns, which reach the rewards as keyword arguments).
         scenarios: Scenario → weight of the mix (``world``); the paper's five stage-4 scenarios by default.
+        kinds: Scenario → the sub-kinds its prompts are drawn from, evenly (``world``; e.g. ``{composition =
+            ["color_attr", "position"]}`` to train on what the model gets wrong); a scenario not named here
+            draws every kind, as the world does.
         preset: World difficulty preset (``world``).
         split: World split (``world``).
         seed: Stream seed (``world``: the world's seed; ``jsonl``: the shuffling seed).
@@ -91,6 +94,7 @@ class PromptConfig:
 
     kind: str = "world"
     scenarios: dict[str, Any] = field(default_factory=lambda: dict(PAPER_SCENARIOS))
+    kinds: dict[str, Any] = field(default_factory=dict)
     preset: str = "nano"
     split: str = "train"
     seed: int = 0
@@ -102,8 +106,16 @@ class PromptConfig:
         _require(self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
         if self.kind == "jsonl":
             _require(bool(self.path), "path must name the JSONL file of a jsonl prompt source")
+            _require(not self.kinds, "kinds are for world prompts; a jsonl source's records are the prompts")
             return
         _require(not self.path, f"path is only for jsonl prompts, got {self.path!r}")
+        for name, kinds in self.kinds.items():
+            _require(name in self.scenarios, f"kinds.{name}: {name!r} is not in prompts.scenarios")
+            allowed = SCENARIO_KINDS[name]
+            _require(
+                isinstance(kinds, list) and bool(kinds) and all(k in allowed for k in kinds),
+                f"kinds.{name} must be a non-empty list of {', '.join(allowed)}; got {kinds!r}",
+            )
         _require(bool(self.scenarios), "scenarios must not be empty")
         for name, weight in self.scenarios.items():
             check_scenario(name)
