@@ -14,8 +14,9 @@ Each arm, and the starting model, is then scored on the held-out test split: the
 accuracy with and without thinking (the world judge on the drawn image), and the MLLM's exact-instruction
 accuracy on the same prompts (the instruction it wrote after ``</think>`` against the world's answer),
 which separates what the MLLM learned from what the DiT can draw. The think-mode accuracy is also split
-between test prompts whose facts the train split has and those with a held-out fact, which no arm sees. Training and evaluation are the
-project's own commands, so an interrupted run resumes where it stopped when the script is run again.
+between test prompts whose facts the train split has and those with a held-out fact, which no arm sees.
+Training and evaluation are the project's own commands, so an interrupted run resumes where it stopped when
+the script is run again.
 
     python benchmarks/nano_rl_vs_sft.py --pipeline runs/nano/stage3/final --mllm checkpoints/nano-mllm \
         --steps 40 --out runs/rl_vs_sft

@@ -83,7 +83,8 @@ def test_recipe_errors_name_the_reward(tmp_path):
 def test_prompt_kinds_narrow_the_world_prompts_of_training_and_evaluation(tmp_path):
     recipe = _recipe(tmp_path)
     every = load_recipe(recipe).dit_grpo.prompts
-    narrowed = load_recipe(recipe, ['dit_grpo.prompts.kinds={ composition = ["color_attr", "position"] }']).dit_grpo.prompts
+    kinds = 'dit_grpo.prompts.kinds={ composition = ["color_attr", "position"] }'
+    narrowed = load_recipe(recipe, [kinds]).dit_grpo.prompts
 
     def tags(prompts, split: str) -> set[str]:
         source = PromptSource(prompts, split=split)
