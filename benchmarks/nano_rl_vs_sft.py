@@ -92,22 +92,25 @@ def sft_arm() -> Path:
     return pipeline_dir
 
 
+# The test prompts every arm is scored on, by key.
+TEST_ITEMS = {item.key: item for item in load_nano(args.limit, ["reasoning"])}
+
+
 def accuracy_by_held_out(eval_dir: Path) -> tuple[float, float]:
     """Think-mode reasoning accuracy on the test prompts whose facts the train split has, and on those with a
     held-out fact (no arm sees those facts, so only the first can move)."""
-    held_out = {item.key: item.meta["held_out"] for item in load_nano(args.limit, ["reasoning"])}
     scores = {True: [], False: []}
     for line in (eval_dir / "think" / "scores.jsonl").read_text().splitlines():
         row = json.loads(line)
-        scores[held_out[row["key"]]].append(row["accuracy"] or 0.0)
+        scores[TEST_ITEMS[row["key"]].meta["held_out"]].append(row["accuracy"] or 0.0)
     return tuple(sum(s) / max(len(s), 1) for s in (scores[False], scores[True]))
 
 
 def instruction_accuracy(eval_dir: Path) -> float:
     """Share of the think-mode test prompts whose instruction equals the world's answer."""
-    answers = {item.key: item.meta["answer"] for item in load_nano(args.limit, ["reasoning"])}
     rows = [json.loads(line) for line in (eval_dir / "think" / "manifest.jsonl").read_text().splitlines()]
-    right = [normalise_instruction(r["instruction"]) == normalise_instruction(answers[r["key"]]) for r in rows]
+    right = [normalise_instruction(r["instruction"]) == normalise_instruction(TEST_ITEMS[r["key"]].meta["answer"])
+             for r in rows]
     return sum(right) / len(rows)
 
 

@@ -109,19 +109,20 @@ class PromptConfig:
             _require(not self.kinds, "kinds are for world prompts; a jsonl source's records are the prompts")
             return
         _require(not self.path, f"path is only for jsonl prompts, got {self.path!r}")
-        for name, kinds in self.kinds.items():
-            _require(name in self.scenarios, f"kinds.{name}: {name!r} is not in prompts.scenarios")
-            allowed = SCENARIO_KINDS[name]
-            _require(
-                isinstance(kinds, list) and bool(kinds) and all(k in allowed for k in kinds),
-                f"kinds.{name} must be a non-empty list of {', '.join(allowed)}; got {kinds!r}",
-            )
         _require(bool(self.scenarios), "scenarios must not be empty")
         for name, weight in self.scenarios.items():
             check_scenario(name)
             _require(
                 isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0,
                 f"scenarios.{name} must be a number > 0, got {weight!r}",
+            )
+        # After the scenarios: a kind is looked up under a scenario already known to exist.
+        for name, kinds in self.kinds.items():
+            _require(name in self.scenarios, f"kinds.{name}: {name!r} is not in prompts.scenarios")
+            allowed = SCENARIO_KINDS[name]
+            _require(
+                isinstance(kinds, list) and bool(kinds) and all(k in allowed for k in kinds),
+                f"kinds.{name} must be a non-empty list of {', '.join(allowed)}; got {kinds!r}",
             )
         get_preset(self.preset)
         check_split(self.split)
