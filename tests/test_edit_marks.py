@@ -29,7 +29,7 @@ from thinkgen.world.detect import DetectedObject, Detection, DetectorConfig, Wor
 from thinkgen.world.geometry import holds_clearly
 from thinkgen.world.render import render
 from thinkgen.world.scenarios import generate
-from thinkgen.world.scene import Scene, get_preset
+from thinkgen.world.scene import COLOURS, Scene, get_preset
 from tiny_pipeline import build_tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,9 +63,9 @@ def test_the_training_marks_are_what_the_edit_changes(kind):
             new = plan.target.objects[len(plan.source.objects):]
             assert marks == EditMarks(drawn=tuple(ObjectMark(o.shape, o.box()) for o in new))
             assert len(marks.drawn) == plan.fields["count"]
-        elif kind == "move":
+        elif kind == "move":  # the moved object keeps its colour; new and recoloured ones take theirs from the text
             moved = plan.target.objects[plan.subject]
-            assert marks == EditMarks(erased=(subject,), drawn=(ObjectMark(moved.shape, moved.box()),))
+            assert marks == EditMarks(erased=(subject,), drawn=(ObjectMark(moved.shape, moved.box(), moved.colour),))
         else:  # relabel: the old word's box erased, the new word written where it was
             (old,), (new,) = plan.source.words, plan.target.words
             assert marks.words == (new,) and not marks.drawn
@@ -99,8 +99,9 @@ def _check_plan(planned: EditMarks, truth: EditMarks, sample) -> None:
     for box in planned.erased:
         assert max(_iou(box, other) for other in alike) > 0.6, sample.answer
     assert [w.text for w in planned.words] == [w.text for w in truth.words]
-    # Each drawn object in the shape the target draws there.
-    assert sorted(m.shape for m in planned.drawn) == sorted(m.shape for m in truth.drawn), sample.answer
+    # Each drawn object in the shape the target draws there, a moved one in its colour.
+    assert sorted((m.shape, m.colour) for m in planned.drawn) == sorted((m.shape, m.colour) for m in truth.drawn), \
+        sample.answer
     if kind in ("recolour", "replace", "colour", "shape"):  # in place
         for a, b in zip(sorted(planned.drawn, key=lambda m: m.box), sorted(truth.drawn, key=lambda m: m.box)):
             assert _iou(a.box, b.box) > 0.6 and a.shape == b.shape, sample.answer
@@ -174,7 +175,28 @@ def test_a_moved_object_goes_where_the_relation_holds():
         anchor = plan.source.objects[plan.anchor].box()
         (drawn,) = marks.drawn
         assert holds_clearly(plan.fields["relation"], drawn.box, anchor), plan.answer
-        assert drawn.shape == plan.source.objects[plan.subject].shape
+        subject = plan.source.objects[plan.subject]
+        assert (drawn.shape, drawn.colour) == (subject.shape, subject.colour)
+
+
+def test_a_moved_object_is_drawn_in_its_colour_where_the_model_reads_colours():
+    moved, new = ObjectMark("circle", (0.0, 0.0, 0.5, 0.5), "red"), ObjectMark("square", (0.5, 0.5, 1.0, 1.0))
+    marks = EditMarks(drawn=(moved, new))
+    image = np.asarray(render_edit_marks(marks, 64, 64, 64, shapes=True, colours=True))
+    assert tuple(image[16, 16]) == COLOURS["red"] and tuple(image[48, 48]) == OBJECT_MARK_RGB
+    grey = np.asarray(render_edit_marks(marks, 64, 64, 64, shapes=True))
+    assert tuple(grey[16, 16]) == OBJECT_MARK_RGB
+    with pytest.raises(ValueError, match="shapes"):
+        render_edit_marks(marks, 64, 64, 64, colours=True)
+    # Training draws them so too, and only for a model that reads them.
+    record = next(r for i in range(40) if (r := WorldSource(SourceConfig(scenarios=["edit"])).load(i)).edit_marks
+                  and any(m.colour for m in r.edit_marks.drawn))
+    item = training_item(record, DataConfig(), glyphs=True, glyph_objects=True, glyph_edits=True, glyph_shapes=True,
+                         glyph_move_colours=True)
+    assert item["refs"][1].tobytes() == render_edit_marks(record.edit_marks, 64, 64, 64, True, True).tobytes()
+    assert item["refs"][1].tobytes() != render_edit_marks(record.edit_marks, 64, 64, 64, True).tobytes()
+    with pytest.raises(ValueError, match="glyph_shapes"):
+        PipelineConfig(glyph_preset="nano", glyph_edits=True, glyph_move_colours=True)
 
 
 def test_training_items_read_edit_marks_beside_the_input():
@@ -220,3 +242,5 @@ def test_edit_marks_reach_the_dit_and_the_saved_config(tmp_path):
     with_preset = recipe.read_text().replace('mllm = "tiny"', 'mllm = "tiny"\nglyph_preset = "nano"')
     recipe.write_text(with_preset)
     assert load_recipe(recipe, ["model.glyph_edits=true", "flow.mark_dropout=0.3"]).flow.mark_dropout == 0.3
+    with pytest.raises(ValueError, match="glyph_move_colours"):
+        load_recipe(recipe, ["model.glyph_edits=true", "model.glyph_move_colours=true"])

@@ -96,7 +96,7 @@ def test_prompt_kinds_narrow_the_world_prompts_of_training_and_evaluation(tmp_pa
     assert {PromptSource(narrowed).get(i).scenario for i in range(20)} == {"composition", "reflection"}
     with pytest.raises(RecipeError, match=r"kinds.composition must be a non-empty list of single_object, .*color_attr"):
         load_recipe(recipe, ['dit_grpo.prompts.kinds={ composition = ["colour_attr"] }'])
-    with pytest.raises(RecipeError, match=r"kinds.text: 'text' is not in prompts.scenarios"):
+    with pytest.raises(RecipeError, match=r"kinds.text: 'text' is not one of the scenarios drawn"):
         load_recipe(recipe, ['dit_grpo.prompts.kinds={ text = ["text"] }'])
 
 

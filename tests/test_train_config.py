@@ -43,7 +43,7 @@ def test_shipped_recipes_load_and_name_every_setting(path):
     _check_sections(path, config, data)
     for source in data.get("data", {}).get("sources", []):
         # A source names what applies to its kind: the file of a JSONL source, the stream of a world one.
-        kind_fields = {"path"} if source["kind"] == "jsonl" else {"scenarios", "preset", "split", "seed"}
+        kind_fields = {"path"} if source["kind"] == "jsonl" else {"scenarios", "kinds", "preset", "split", "seed"}
         assert set(source) == {"name", "kind", "weight"} | kind_fields
 
 

@@ -66,6 +66,21 @@ def test_world_and_jsonl_mix_loads_both(tmp_path):
     assert jsonl.load(3).answer == "a blue image"
 
 
+def test_world_sources_can_be_narrowed_to_sub_kinds(tmp_path):
+    narrowed = build_sources(DataConfig(sources=[SourceConfig(scenarios=["edit", "text"], kinds={"edit": ["move"]})]),
+                             seed=0, required=())[0]
+    kinds = Counter(narrowed._sample(i).meta["kind"] for i in range(40))
+    assert kinds == {"move": 20, "text": 20}
+    everything = build_sources(DataConfig(sources=[SourceConfig(scenarios=["edit"])]), seed=0, required=())[0]
+    assert len({everything._sample(i).meta["kind"] for i in range(40)}) > 3
+    with pytest.raises(ValueError, match=r"kinds.edit must be a non-empty list of recolour, .*move"):
+        SourceConfig(scenarios=["edit"], kinds={"edit": ["shift"]})
+    with pytest.raises(ValueError, match=r"kinds.reasoning: 'reasoning' is not one of the scenarios drawn"):
+        SourceConfig(scenarios=["edit"], kinds={"reasoning": ["count"]})
+    with pytest.raises(ValueError, match="kinds are for world sources"):
+        SourceConfig(kind="jsonl", path=str(tmp_path / "a.jsonl"), kinds={"edit": ["move"]})
+
+
 def test_buckets_hold_one_size_and_resume_exactly(tmp_path):
     sizes = [(64, 64), (96, 64)] * 6
     path = write_jsonl(tmp_path, [{"instruction": f"x{i}"} for i in range(12)], sizes)

@@ -27,7 +27,10 @@ grey where an object goes, and the words the edit writes. Without them the same 
 but often changes the wrong object or none. Training shows the difference between input and target scene
 (:func:`edit_marks`); inference reads the edit from the instruction and finds what it names in the input
 image with the world's detector (:func:`planned_edit`), placing new and moved objects by the world's rules.
-Each object an edit draws keeps its shape (:class:`ObjectMark`), for silhouettes.
+Each object an edit draws keeps its shape (:class:`ObjectMark`), for silhouettes, and an object it moves keeps
+its colour too, as the input shows it: with ``colours``, a moved object's silhouette is drawn in that colour,
+so the DiT copies it to its new place rather than carrying the colour over from the erased one, which it
+binds as poorly as it binds colour words to objects.
 """
 
 from __future__ import annotations
@@ -246,10 +249,12 @@ _MAX_EDIT_TOKENS = 16  # the world's longest edit ("shift the black triangle so 
 
 @dataclass(frozen=True)
 class ObjectMark:
-    """Where an edit draws an object of ``shape``: its ``box`` in canvas fractions."""
+    """Where an edit draws an object of ``shape``: its ``box`` in canvas fractions; ``colour``, the colour of
+    an object the edit moves, as the input holds it (empty for a new object, whose colour the text gives)."""
 
     shape: str
     box: Box
+    colour: str = ""
 
 
 @dataclass(frozen=True)
@@ -280,26 +285,40 @@ def edit_marks(source: Scene, target: Scene, canvas_px: int) -> EditMarks:
         return out
 
     old_words = lacking(source.words, target.words)
-    drawn = tuple(ObjectMark(o.shape, o.box()) for o in lacking(target.objects, source.objects))
+    gone = lacking(source.objects, target.objects)
+    # An object that goes away and comes back elsewhere with its shape and colour was moved.
+    movable = Counter((o.shape, o.colour) for o in gone)
+    drawn = []
+    for o in lacking(target.objects, source.objects):
+        moved = movable[o.shape, o.colour] > 0
+        movable[o.shape, o.colour] -= moved
+        drawn.append(ObjectMark(o.shape, o.box(), o.colour if moved else ""))
     # An object recoloured or replaced in place is drawn over, not erased.
     drawn_boxes = {m.box for m in drawn}
-    erased = [box for o in lacking(source.objects, target.objects) if (box := o.box()) not in drawn_boxes]
+    erased = [box for o in gone if (box := o.box()) not in drawn_boxes]
     erased += [w.box for w in Detection.from_scene(Scene(words=tuple(old_words)), canvas_px).words]
-    return EditMarks(tuple(erased), drawn, tuple(lacking(target.words, source.words)))
+    return EditMarks(tuple(erased), tuple(drawn), tuple(lacking(target.words, source.words)))
 
 
-def render_edit_marks(marks: EditMarks, width: int, height: int, canvas_px: int, shapes: bool = False) -> Image.Image:
+def render_edit_marks(
+    marks: EditMarks, width: int, height: int, canvas_px: int, shapes: bool = False, colours: bool = False
+) -> Image.Image:
     """``marks`` on the world's blank canvas (``canvas_px`` square): erased boxes in :data:`ERASE_MARK_RGB`,
-    drawn objects as boxes in :data:`OBJECT_MARK_RGB` (with ``shapes``, as silhouettes of their shape), new
-    words as glyphs on white on top; resized to ``width`` × ``height``."""
+    drawn objects as boxes in :data:`OBJECT_MARK_RGB` (with ``shapes``, as silhouettes of their shape; with
+    ``colours`` too, a moved object's silhouette in its own colour), new words as glyphs on white on top;
+    resized to ``width`` × ``height``."""
+    if colours and not shapes:
+        raise ValueError("colours draws moved objects' silhouettes in their colour: set shapes too")
     image = Image.new("RGB", (canvas_px, canvas_px), "white")
     _fill_boxes(image, marks.erased, ERASE_MARK_RGB)
     if shapes:
-        # A mark's colour is never looked up: every silhouette is drawn in the mark grey.
-        objects = tuple(SceneObject(m.shape, "", (m.box[0] + m.box[2]) / 2, (m.box[1] + m.box[3]) / 2,
-                                    max(m.box[2] - m.box[0], m.box[3] - m.box[1])) for m in marks.drawn)
-        silhouettes = render(Scene(objects), canvas_px, object_rgb=OBJECT_MARK_RGB)
-        image.paste(silhouettes, mask=silhouettes.convert("L").point(lambda v: 255 if v < 255 else 0))
+        grey = [m for m in marks.drawn if not (colours and m.colour)]
+        coloured = [m for m in marks.drawn if colours and m.colour]
+        for group, rgb in ((grey, OBJECT_MARK_RGB), (coloured, None)):
+            objects = tuple(SceneObject(m.shape, m.colour, (m.box[0] + m.box[2]) / 2, (m.box[1] + m.box[3]) / 2,
+                                        max(m.box[2] - m.box[0], m.box[3] - m.box[1])) for m in group)
+            silhouettes = render(Scene(objects), canvas_px, object_rgb=rgb)
+            image.paste(silhouettes, mask=silhouettes.convert("L").point(lambda v: 255 if v < 255 else 0))
     else:
         _fill_boxes(image, [m.box for m in marks.drawn], OBJECT_MARK_RGB)
     if marks.words:
@@ -396,7 +415,8 @@ def planned_edit(instruction: str, detection: Detection, config: WorldConfig, rn
             box, name = subject.box, relations[0][1]
             side = max(box[2] - box[0], box[3] - box[1])
             x, y = place_among(config, rng, side, side, taken, lambda at: holds_clearly(name, at, anchor.box))
-            return EditMarks(erased=(box,), drawn=(ObjectMark(subject.shape, centred_box(x, y, side, side)),))
+            return EditMarks(erased=(box,), drawn=(ObjectMark(subject.shape, centred_box(x, y, side, side),
+                                                               subject.colour),))
         if len(mentions) == 2:  # replace: the new object takes the old one's place
             if not _REPLACE_WORDS.intersection(tokens) or _starts(tokens, _REMOVE_VERBS):
                 return None  # two objects and no relation, not as a replacement: not a world edit
@@ -450,6 +470,7 @@ def plan_edit_glyphs(
     height: int,
     seed: str | int | None,
     shapes: bool = False,
+    colours: bool = False,
 ) -> Image.Image | None:
     """The edit marks of ``instruction`` on the input ``image`` (:func:`planned_edit` over what the world's
     detector sees in it) rendered at ``width`` × ``height``, or ``None`` when the planner cannot tell.
@@ -457,8 +478,9 @@ def plan_edit_glyphs(
     Args:
         seed: fixes where new and moved objects go (``None``: fresh places).
         shapes: draw each object the edit draws as the silhouette of its shape rather than its box.
+        colours: draw the silhouette of an object the edit moves in its colour (needs ``shapes``).
     """
     config = get_preset(preset)
     detection = _detector(preset).detect(image)
     marks = planned_edit(instruction, detection, config, random.Random(seed))
-    return render_edit_marks(marks, width, height, config.canvas_px, shapes) if marks else None
+    return render_edit_marks(marks, width, height, config.canvas_px, shapes, colours) if marks else None

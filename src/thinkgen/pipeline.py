@@ -93,6 +93,9 @@ class PipelineConfig:
             ``glyph_preset``.
         glyph_shapes: object marks and the objects edit marks draw are silhouettes of the shapes the
             instruction names, not boxes. Only for a DiT trained so; needs ``glyph_objects`` or ``glyph_edits``.
+        glyph_move_colours: an object an edit moves is drawn in its edit marks in the colour the input image
+            shows it in, not the mark grey. Only for a DiT trained so; needs ``glyph_edits`` and
+            ``glyph_shapes``.
     """
 
     height: int = 1024
@@ -113,6 +116,7 @@ class PipelineConfig:
     glyph_objects: bool = False
     glyph_edits: bool = False
     glyph_shapes: bool = False
+    glyph_move_colours: bool = False
 
     def __post_init__(self) -> None:
         self.cfg_range = tuple(self.cfg_range)  # JSON gives a list
@@ -130,6 +134,9 @@ class PipelineConfig:
         if self.glyph_shapes and not (self.glyph_objects or self.glyph_edits):
             raise ValueError("glyph_shapes draws object and edit marks as silhouettes: set glyph_objects or "
                              "glyph_edits too")
+        if self.glyph_move_colours and not (self.glyph_edits and self.glyph_shapes):
+            raise ValueError("glyph_move_colours draws moved objects' silhouettes in their colour: set glyph_edits "
+                             "and glyph_shapes too")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
@@ -549,7 +556,7 @@ class ThinkGenPipeline:
             if not (self.config.glyph_edits and len(images) == 1):
                 return list(images)
             marks = plan_edit_glyphs(instruction, images[0], self.config.glyph_preset, width, height, seed,
-                                     self.config.glyph_shapes)
+                                     self.config.glyph_shapes, self.config.glyph_move_colours)
             return [images[0], marks] if marks else list(images)
         glyph = self.glyph_reference(instruction, width, height, seed)
         return [glyph] if glyph else []

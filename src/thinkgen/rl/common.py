@@ -34,9 +34,8 @@ from thinkgen.rl.config import DEFAULT_REWARD_KEY, PromptConfig, RLEvalConfig, R
 from thinkgen.train.checkpoint import fsync_tree
 from thinkgen.train.distributed import build_accelerator
 from thinkgen.world.detect import DetectorConfig, WorldDetector
-from thinkgen.world.scenarios import generate, pick_scenario
+from thinkgen.world.scenarios import generate, pick_kind, pick_scenario
 from thinkgen.world.scene import Spec, get_preset
-from thinkgen.world.splits import sample_rng
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +196,7 @@ class PromptSource:
         if self.config.kind == "world":
             mix = {name: float(weight) for name, weight in self.config.scenarios.items()}
             scenario = pick_scenario(mix, seed=self.config.seed, split=self.split, index=index)
-            kinds = self.config.kinds.get(scenario)
-            kind = sample_rng(self.config.seed, self.split, "kind", index).choice(kinds) if kinds else None
+            kind = pick_kind(self.config.kinds, scenario, seed=self.config.seed, split=self.split, index=index)
             sample = generate(scenario, index, config=self.world, seed=self.config.seed, split=self.split,
                               kind=kind)
             return PromptItem(sample.instruction, sample.input_images(), sample.scenario, sample.spec,

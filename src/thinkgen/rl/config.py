@@ -35,7 +35,7 @@ from thinkgen.train.config import (
     _one_of,
     _require,
 )
-from thinkgen.world.scenarios import SCENARIO_KINDS, check_scenario
+from thinkgen.world.scenarios import check_kinds, check_scenario
 from thinkgen.world.scene import get_preset
 from thinkgen.world.splits import check_split
 
@@ -116,14 +116,7 @@ class PromptConfig:
                 isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0,
                 f"scenarios.{name} must be a number > 0, got {weight!r}",
             )
-        # After the scenarios: a kind is looked up under a scenario already known to exist.
-        for name, kinds in self.kinds.items():
-            _require(name in self.scenarios, f"kinds.{name}: {name!r} is not in prompts.scenarios")
-            allowed = SCENARIO_KINDS[name]
-            _require(
-                isinstance(kinds, list) and bool(kinds) and all(k in allowed for k in kinds),
-                f"kinds.{name} must be a non-empty list of {', '.join(allowed)}; got {kinds!r}",
-            )
+        check_kinds(self.kinds, list(self.scenarios))  # after the scenarios: kinds are looked up under them
         get_preset(self.preset)
         check_split(self.split)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkgen import DTYPES
-from thinkgen.world.scenarios import resolve_scenarios
+from thinkgen.world.scenarios import check_kinds, resolve_scenarios
 from thinkgen.world.scene import get_preset
 from thinkgen.world.splits import check_split
 
@@ -117,6 +117,8 @@ class SourceConfig:
         weight: Relative share of this source among all sources (normalised over the sources).
         path: The JSONL file (``jsonl`` only).
         scenarios: World scenarios drawn in turn (``world`` only); ``["all"]`` for every scenario.
+        kinds: Scenario → the sub-kinds its samples are drawn from, evenly (``world`` only; e.g. ``{edit =
+            ["move"]}`` for a fine-tune on what a model gets wrong); a scenario not named draws every kind.
         preset: World difficulty preset (``world`` only).
         split: World split (``world`` only): ``train``, ``val`` or ``test``.
         seed: World stream seed (``world`` only).
@@ -127,6 +129,7 @@ class SourceConfig:
     weight: float = 1.0
     path: str = ""
     scenarios: list[str] = field(default_factory=lambda: ["all"])
+    kinds: dict[str, Any] = field(default_factory=dict)
     preset: str = "nano"
     split: str = "train"
     seed: int = 0
@@ -136,6 +139,7 @@ class SourceConfig:
         _require(self.weight > 0, f"weight must be > 0, got {self.weight}")
         if self.kind == "jsonl":
             _require(bool(self.path), "path must name the JSONL file of a jsonl source")
+            _require(not self.kinds, "kinds are for world sources; a jsonl source's records are its samples")
         else:
             _require(not self.path, f"path is only for jsonl sources, got {self.path!r} for a world source")
             _require(bool(self.scenarios), "scenarios must not be empty")
@@ -148,6 +152,7 @@ class SourceConfig:
                     check(value)
                 except ValueError as err:
                     raise ValueError(f"{name}: {err}") from None
+            check_kinds(self.kinds, [s for name in self.scenarios for s in resolve_scenarios(name)])
         if not self.name:
             self.name = f"jsonl:{self.path}" if self.kind == "jsonl" else f"world:{self.preset}"
 
@@ -297,6 +302,8 @@ class DiTModelConfig:
         glyph_shapes: Object marks and the objects edit marks draw show the silhouette of each object's shape
             (in the mark grey) rather than its box, so the DiT need not bind shape words to places. Needs
             ``glyph_objects`` or ``glyph_edits``.
+        glyph_move_colours: An object an edit moves is drawn in its own colour among the edit marks (as the
+            input shows it), not in the mark grey. Needs ``glyph_edits`` and ``glyph_shapes``.
     """
 
     mllm: str = "tiny"
@@ -309,6 +316,7 @@ class DiTModelConfig:
     glyph_objects: bool = False
     glyph_edits: bool = False
     glyph_shapes: bool = False
+    glyph_move_colours: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.mllm), "mllm must be a folder or 'tiny'")
@@ -335,6 +343,9 @@ class DiTModelConfig:
                  "glyph_edits draws edit marks by a world's rules: set glyph_preset too")
         _require(not self.glyph_shapes or self.glyph_objects or self.glyph_edits,
                  "glyph_shapes draws object and edit marks as silhouettes: set glyph_objects or glyph_edits too")
+        _require(not self.glyph_move_colours or (self.glyph_edits and self.glyph_shapes),
+                 "glyph_move_colours draws moved objects' silhouettes in their colour: set glyph_edits and "
+                 "glyph_shapes too")
 
 
 @dataclass

@@ -37,7 +37,7 @@ from thinkgen.glyphs import EditMarks, edit_marks
 from thinkgen.imageio import load_image
 from thinkgen.train.config import DataConfig, SourceConfig
 from thinkgen.world.sample import WorldSample
-from thinkgen.world.scenarios import generate, pick_scenario, resolve_scenarios
+from thinkgen.world.scenarios import generate, pick_kind, pick_scenario, resolve_scenarios
 from thinkgen.world.scene import SceneObject, Word, get_preset
 from thinkgen.world.splits import check_split
 
@@ -121,10 +121,12 @@ class WorldSource:
         self.world = get_preset(config.preset)
         self.seed = config.seed
         self.split = config.split
+        self.kinds = config.kinds
 
     def _sample(self, index: int) -> WorldSample:
         scenario = pick_scenario(self.scenarios, seed=self.seed, split=self.split, index=index)
-        return generate(scenario, index, config=self.world, seed=self.seed, split=self.split)
+        kind = pick_kind(self.kinds, scenario, seed=self.seed, split=self.split, index=index)
+        return generate(scenario, index, config=self.world, seed=self.seed, split=self.split, kind=kind)
 
     def image_size(self, index: int) -> tuple[int, int]:
         return self.world.canvas_px, self.world.canvas_px

@@ -312,6 +312,7 @@ def training_item(
     glyph_objects: bool = False,
     glyph_edits: bool = False,
     glyph_shapes: bool = False,
+    glyph_move_colours: bool = False,
 ) -> dict[str, Any]:
     """A record as the loss reads it: caption, MLLM input images, target and references fitted to size.
 
@@ -321,7 +322,8 @@ def training_item(
     objects gets one; ``unmarked_refs`` then holds the references without the marks (``flow.mark_dropout``).
     With ``glyph_edits``, an edit of one input image that changes something gets its edit marks as a second
     reference, and ``unmarked_refs`` holds the input image alone. ``glyph_shapes`` draws the objects of both
-    kinds of marks as silhouettes of their shapes rather than boxes.
+    kinds of marks as silhouettes of their shapes rather than boxes, and ``glyph_move_colours`` an object an
+    edit moves in its own colour.
 
     Images stay PIL until the loss stacks them: a DataLoader worker hands a PIL image over as its bytes, a
     tensor as a shared-memory handle of its own, which costs far more (``benchmarks/sft_input_pipeline.py``).
@@ -345,7 +347,8 @@ def training_item(
     elif glyph_edits and len(references) == 1 and record.edit_marks:
         width, height = record.output_image.size
         unmarked = list(references)
-        references.append(render_edit_marks(record.edit_marks, width, height, canvas_px=width, shapes=glyph_shapes))
+        references.append(render_edit_marks(record.edit_marks, width, height, canvas_px=width, shapes=glyph_shapes,
+                                            colours=glyph_move_colours))
     return {
         "prompt": record.answer if use_answer else record.instruction,
         "thought": (record.instruction, record.reasoning) if use_answer else None,
@@ -512,6 +515,7 @@ def export_final(
         time_shift_reference_side=config.flow.time_shift_reference_side,
         glyph_preset=config.model.glyph_preset or None, glyph_objects=config.model.glyph_objects,
         glyph_edits=config.model.glyph_edits, glyph_shapes=config.model.glyph_shapes,
+        glyph_move_colours=config.model.glyph_move_colours,
     )
     ThinkGenPipeline(mllm, final, codec, defaults).save_pretrained(output_dir / "final")
     logger.info("wrote %s", output_dir / "final")
@@ -578,7 +582,8 @@ def train(config: SFTStageConfig) -> SFTResult:
 
     to_item = functools.partial(training_item, data=data, glyphs=bool(config.model.glyph_preset),
                                 glyph_objects=config.model.glyph_objects, glyph_edits=config.model.glyph_edits,
-                                glyph_shapes=config.model.glyph_shapes)
+                                glyph_shapes=config.model.glyph_shapes,
+                                glyph_move_colours=config.model.glyph_move_colours)
     planner, start_batches = R.make_batches(accelerator, data, sources, config.run.seed, bucket_of, to_item, True)
 
     # ---- checkpoints: resume exactly where the newest one left off

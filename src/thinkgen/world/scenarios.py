@@ -160,6 +160,25 @@ def pick_scenario(mix: ScenarioMix, *, seed: int, split: str, index: int) -> str
     return names[index % len(names)]
 
 
+def check_kinds(kinds: Mapping[str, object], scenarios: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless every entry of ``kinds`` maps one of ``scenarios`` to a non-empty list of its
+    sub-kinds (:data:`SCENARIO_KINDS`). Messages start with ``kinds.<scenario>``."""
+    for name, names in kinds.items():
+        if name not in scenarios:
+            raise ValueError(f"kinds.{name}: {name!r} is not one of the scenarios drawn ({', '.join(scenarios)})")
+        allowed = SCENARIO_KINDS[name]
+        if not (isinstance(names, list) and names and all(k in allowed for k in names)):
+            raise ValueError(f"kinds.{name} must be a non-empty list of {', '.join(allowed)}; got {names!r}")
+
+
+def pick_kind(kinds: Mapping[str, Sequence[str]], scenario: str, *, seed: int, split: str, index: int) -> str | None:
+    """The sub-kind of stream position ``index``, a sample of ``scenario``: drawn evenly from
+    ``kinds[scenario]`` (from the index's own random stream), or ``None`` (the world's own draw of every kind)
+    where ``kinds`` does not name the scenario."""
+    names = kinds.get(scenario)
+    return sample_rng(seed, split, "kind", index).choice(names) if names else None
+
+
 def iter_samples(
     mix: ScenarioMix,
     *,
