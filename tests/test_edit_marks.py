@@ -197,6 +197,16 @@ def test_a_moved_object_is_drawn_in_its_colour_where_the_model_reads_colours():
     assert item["refs"][1].tobytes() != render_edit_marks(record.edit_marks, 64, 64, 64, True).tobytes()
     with pytest.raises(ValueError, match="glyph_shapes"):
         PipelineConfig(glyph_preset="nano", glyph_edits=True, glyph_move_colours=True)
+    # The pipeline draws them for the DiT when its config says so.
+    plain = build_tiny_pipeline()
+    pipe = ThinkGenPipeline(plain.mllm, plain.transformer, plain.codec, PipelineConfig(
+        **{**plain.config.__dict__, "glyph_preset": "nano", "glyph_edits": True, "glyph_shapes": True,
+           "glyph_move_colours": True}))
+    plan = edits.move(random.Random(0), NANO)
+    image = render(plan.source, 64)
+    out = pipe(plan.answer, images=[image], seed=0)
+    assert out.glyphs[0].tobytes() == plan_edit_glyphs(plan.answer, image, "nano", 64, 64, "0:0", True, True).tobytes()
+    assert out.glyphs[0].tobytes() != plan_edit_glyphs(plan.answer, image, "nano", 64, 64, "0:0", True).tobytes()
 
 
 def test_training_items_read_edit_marks_beside_the_input():
