@@ -291,7 +291,8 @@ def edit_marks(source: Scene, target: Scene, canvas_px: int) -> EditMarks:
     drawn = []
     for o in lacking(target.objects, source.objects):
         moved = movable[o.shape, o.colour] > 0
-        movable[o.shape, o.colour] -= moved
+        if moved:
+            movable[o.shape, o.colour] -= 1
         drawn.append(ObjectMark(o.shape, o.box(), o.colour if moved else ""))
     # An object recoloured or replaced in place is drawn over, not erased.
     drawn_boxes = {m.box for m in drawn}
@@ -312,13 +313,13 @@ def render_edit_marks(
     image = Image.new("RGB", (canvas_px, canvas_px), "white")
     _fill_boxes(image, marks.erased, ERASE_MARK_RGB)
     if shapes:
-        grey = [m for m in marks.drawn if not (colours and m.colour)]
-        coloured = [m for m in marks.drawn if colours and m.colour]
-        for group, rgb in ((grey, OBJECT_MARK_RGB), (coloured, None)):
+        for in_colour, rgb in ((False, OBJECT_MARK_RGB), (True, None)):
             objects = tuple(SceneObject(m.shape, m.colour, (m.box[0] + m.box[2]) / 2, (m.box[1] + m.box[3]) / 2,
-                                        max(m.box[2] - m.box[0], m.box[3] - m.box[1])) for m in group)
-            silhouettes = render(Scene(objects), canvas_px, object_rgb=rgb)
-            image.paste(silhouettes, mask=silhouettes.convert("L").point(lambda v: 255 if v < 255 else 0))
+                                        max(m.box[2] - m.box[0], m.box[3] - m.box[1]))
+                            for m in marks.drawn if bool(colours and m.colour) == in_colour)
+            if objects:  # an empty scene would be rendered and pasted for nothing, once per training edit
+                silhouettes = render(Scene(objects), canvas_px, object_rgb=rgb)
+                image.paste(silhouettes, mask=silhouettes.convert("L").point(lambda v: 255 if v < 255 else 0))
     else:
         _fill_boxes(image, [m.box for m in marks.drawn], OBJECT_MARK_RGB)
     if marks.words:
