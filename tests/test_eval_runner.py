@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -47,6 +48,25 @@ def test_seeds_are_recorded_and_batching_does_not_change_images(tmp_path) -> Non
     one_by_one = GenerationConfig(**{**CONFIG.__dict__, "batch_size": 1})
     again, _ = generate_mode(tiny_pipeline, items, NANO_LAYOUT, tmp_path / "b", False, one_by_one)
     assert _bytes(tmp_path / "a", records) == _bytes(tmp_path / "b", again)
+
+
+def test_a_run_of_some_scenarios_draws_the_seeds_and_images_of_the_run_of_all(tmp_path) -> None:
+    whole = load_nano(2, ["composition", "text", "reasoning"])
+    part = load_nano(2, ["reasoning"])
+    assert [it.key for it in part] == [it.key for it in whole[-2:]]
+    full, _ = generate_mode(tiny_pipeline, whole, NANO_LAYOUT, tmp_path / "whole", True, CONFIG)
+    alone, _ = generate_mode(tiny_pipeline, part, NANO_LAYOUT, tmp_path / "part", True, CONFIG)
+    # reasoning is the fourth scenario: its prompts are 6 and 7 of the run of every scenario at 2 each
+    assert [r["seeds"] for r in alone] == [r["seeds"] for r in full[-2:]] == [[22, 23], [24, 25]]
+    assert [r["instruction"] for r in alone] == [r["instruction"] for r in full[-2:]]
+    assert _bytes(tmp_path / "part", alone) == _bytes(tmp_path / "whole", full[-2:])
+
+
+def test_two_prompts_with_one_index_are_refused(tmp_path) -> None:
+    a, b = _items(2)
+    clash = dataclasses.replace(b, index=a.index)
+    with pytest.raises(ValueError, match="duplicate indices"):
+        generate_mode(tiny_pipeline, [a, clash], NANO_LAYOUT, tmp_path, False, CONFIG)
 
 
 def test_interrupted_run_resumes_without_regenerating(tmp_path) -> None:

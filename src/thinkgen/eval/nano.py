@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..world.scenarios import SCENARIOS, generate
+from ..world.scenarios import SCENARIOS, check_scenario, generate
 from ..world.scene import Spec, WorldConfig, get_preset
 from .runner import EvalItem, FileLayout, category_means, mean, suffixed
 
@@ -31,18 +31,24 @@ def load_nano(
     seed: int = 0,
     preset: str = "nano",
 ) -> list[EvalItem]:
-    """The test-split prompts of the world: ``num_per_scenario`` per scenario, keys ``<scenario>/<0000>``."""
+    """The test-split prompts of the world: ``num_per_scenario`` per scenario, keys ``<scenario>/<0000>``.
+
+    An item's ``index`` is its position in the run of every scenario at this ``num_per_scenario``, so a run
+    of some scenarios draws the seeds (and, in batches that do not straddle two scenarios, the thoughts)
+    that the run of all of them draws."""
     if num_per_scenario < 1:
         raise ValueError(f"num_per_scenario={num_per_scenario} must be >= 1")
     world = get_preset(preset)
     items = []
     for scenario in scenarios:
+        check_scenario(scenario)
+        offset = SCENARIOS.index(scenario) * num_per_scenario
         for i in range(num_per_scenario):
             sample = generate(scenario, i, config=world, seed=seed, split="test")
             meta = {"spec": sample.spec.to_dict(), "kind": sample.meta.get("kind"), "answer": sample.answer,
                     "held_out": sample.meta.get("held_out", False), "preset": preset}
             items.append(EvalItem(f"{scenario}/{i:04d}", scenario, sample.instruction,
-                                  tuple(sample.input_images()), meta))
+                                  tuple(sample.input_images()), meta, index=offset + i))
     return items
 
 

@@ -62,6 +62,9 @@ class EvalItem:
         prompt: what the model is asked.
         input_images: images to edit (paths, or PIL images made in memory); empty for text-to-image.
         meta: the benchmark's own fields, JSON-ready, for its scorer.
+        index: the prompt's position in the whole benchmark where a loader may return part of it (a subset
+            of scenarios); it sets the prompt's seeds, so a prompt draws the same images in a part as in the
+            whole. ``None``: its position in the list run.
     """
 
     key: str
@@ -69,6 +72,7 @@ class EvalItem:
     prompt: str
     input_images: tuple[Path | Image.Image, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
+    index: int | None = None
 
 
 class Layout(Protocol):
@@ -296,7 +300,8 @@ def generate_mode(
 
     Args:
         load_pipeline: called once, and only if something is left to generate.
-        items: the benchmark's prompts, in their official order (``index`` = position, sets the seeds).
+        items: the benchmark's prompts, in their official order (an item's ``index``, else its position, sets
+            its seeds).
         layout: where the images go.
         root: the mode folder (created).
         think: the pipeline's ``think`` argument for this mode.
@@ -312,9 +317,11 @@ def generate_mode(
     _check_run_config(root, settings)
     done = load_manifest(root)
     stats = GenerationStats(num_prompts_done_before=sum(it.key in done for it in items))
-    index_of = {it.key: i for i, it in enumerate(items)}
+    index_of = {it.key: i if it.index is None else it.index for i, it in enumerate(items)}
     if len(index_of) != len(items):
         raise ValueError("benchmark items have duplicate keys")
+    if len(set(index_of.values())) != len(items):
+        raise ValueError("benchmark items have duplicate indices: two prompts would draw the same seeds")
     todo = [it for it in items if it.key not in done]
     n = config.num_images_per_prompt
     if todo:
