@@ -62,9 +62,9 @@ class EvalItem:
         prompt: what the model is asked.
         input_images: images to edit (paths, or PIL images made in memory); empty for text-to-image.
         meta: the benchmark's own fields, JSON-ready, for its scorer.
-        index: the prompt's position in the whole benchmark where a loader may return part of it (a subset
-            of scenarios); it sets the prompt's seeds, so a prompt draws the same images in a part as in the
-            whole. ``None``: its position in the list run.
+        index: the prompt's position in the whole benchmark, for loaders that can return part of it (some
+            of its scenarios). It sets the prompt's seeds, so a prompt draws the same images in a part as in
+            the whole. ``None``: its position in the list run.
     """
 
     key: str
