@@ -62,6 +62,11 @@ def test_a_run_of_some_scenarios_draws_the_seeds_and_images_of_the_run_of_all(tm
     assert _bytes(tmp_path / "part", alone) == _bytes(tmp_path / "whole", full[-2:])
 
 
+def test_an_unknown_scenario_is_named_with_the_allowed_ones() -> None:
+    with pytest.raises(ValueError, match="unknown scenario 'compositon'; allowed: composition"):
+        load_nano(2, ["compositon"])
+
+
 def test_two_prompts_with_one_index_are_refused(tmp_path) -> None:
     a, b = _items(2)
     clash = dataclasses.replace(b, index=a.index)
