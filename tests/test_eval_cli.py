@@ -46,7 +46,11 @@ def test_nano_through_the_cli_then_compare(model_dir, tmp_path, capsys) -> None:
     comparison = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert list(comparison["modes"]) == ["no_think"]
     assert comparison["modes"]["no_think"]["_prompts"]["common"] == 2
-    assert "B − A" in (tmp_path / "cmp" / "compare.html").read_text()
+    paired = comparison["modes"]["no_think"]["_paired"]
+    assert {c: p["prompts"] for c, p in paired.items()} == {"composition": 1, "edit": 1}
+    assert "no_think: B − A per prompt, ± standard error: composition " in capsys.readouterr().out
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "B − A" in page and "beyond 2 s.e." in page
 
 
 def test_bad_input_gives_one_clear_line(tmp_path, capsys) -> None:

@@ -178,3 +178,23 @@ def test_a_thought_never_closed_does_not_stop_a_run():
     from thinkgen.eval.runner import GenerationConfig, _thinking
 
     assert _thinking(GenerationConfig(), seed=0).on_missing_think_end == "all"
+
+
+def test_paired_differences_are_per_prompt_with_their_standard_error() -> None:
+    """B − A per category over the prompts both runs scored, the nano judge's accuracy before the score; the
+    standard error is the sample standard deviation of the differences over √n."""
+    from thinkgen.eval.report import paired_differences
+
+    def record(category, accuracy, score=0.5):
+        return {"category": category, "accuracy": accuracy, "score": score, "error": None}
+
+    a = {"c/0": record("c", 0.0), "c/1": record("c", 1.0), "c/2": record("c", 0.0), "c/3": record("c", 1.0),
+         "w/0": {"category": "w", "score": 2.0, "error": None}, "x/0": record("x", 1.0)}
+    b = {"c/0": record("c", 1.0), "c/1": record("c", 1.0), "c/2": record("c", 1.0), "c/3": record("c", 0.0),
+         "w/0": {"category": "w", "score": 5.0, "error": None}, "x/0": {**record("x", 0.0), "error": "boom"}}
+    paired = paired_differences(a, b, ["c/0", "c/1", "c/2", "c/3", "w/0", "x/0", "missing"])
+    # c: differences 1, 0, 1, -1 -> mean 0.25, sample variance (0.5625 + 0.0625 + 0.5625 + 1.5625) / 3
+    assert paired["c"]["prompts"] == 4 and paired["c"]["b_minus_a"] == pytest.approx(0.25)
+    assert paired["c"]["standard_error"] == pytest.approx((2.75 / 3 / 4) ** 0.5)
+    assert paired["w"] == {"prompts": 1, "b_minus_a": 3.0, "standard_error": 0.0}  # no accuracy: the score
+    assert "x" not in paired  # a prompt B could not score is left out

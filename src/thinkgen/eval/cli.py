@@ -18,6 +18,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -418,5 +419,8 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     out = args.out or args.run_b / f"compare_{args.run_a.resolve().name}"
     page, data = compare_runs(args.run_a, args.run_b, out)
+    for mode, rows in json.loads(data.read_text())["modes"].items():
+        paired = ", ".join(f"{c} {p['b_minus_a']:+.3f} ± {p['standard_error']:.3f}" for c, p in rows["_paired"].items())
+        print(f"{mode}: B − A per prompt, ± standard error: {paired or 'no prompt scored in both'}")
     print(f"page: {page}\njson: {data}")
     return 0

@@ -58,6 +58,39 @@ def _delta(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
+def paired_differences(
+    scores_a: dict[str, dict[str, Any]], scores_b: dict[str, dict[str, Any]], keys: Sequence[str]
+) -> dict[str, dict[str, float | int]]:
+    """B − A per category over the prompts both runs scored, with the standard error of that mean difference.
+
+    Each prompt gives one difference of its per-prompt value (``accuracy`` where both records have it, as the
+    nano judge's; else ``score``). Prompts draw their own seeds, so the standard error is that of the mean
+    over prompts and seeds: a difference within two of them may well change sign at other seeds, and is not
+    evidence that B is better or worse.
+
+    Returns:
+        Per category (first-seen order): ``prompts``, ``b_minus_a`` (mean difference) and ``standard_error``
+        (sample standard deviation of the differences over √prompts; 0 for a single prompt).
+    """
+    groups: dict[str, list[float]] = {}
+    for key in keys:
+        a, b = scores_a.get(key), scores_b.get(key)
+        if not a or not b or a.get("error") is not None or b.get("error") is not None:
+            continue
+        field = "accuracy" if a.get("accuracy") is not None and b.get("accuracy") is not None else "score"
+        if a.get(field) is None or b.get(field) is None:
+            continue
+        groups.setdefault(b.get("category") or a.get("category") or "all", []).append(
+            float(b[field]) - float(a[field]))
+    paired = {}
+    for category, diffs in groups.items():
+        n = len(diffs)
+        mean_diff = sum(diffs) / n
+        variance = sum((d - mean_diff) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+        paired[category] = {"prompts": n, "b_minus_a": mean_diff, "standard_error": (variance / n) ** 0.5}
+    return paired
+
+
 def build_results(
     benchmark: str,
     settings: dict[str, Any],
@@ -192,6 +225,18 @@ def _table(columns: dict[str, dict[str, float | None]], delta_of: tuple[str, str
             cells += _delta_cell(_delta(columns[delta_of[0]].get(label), columns[delta_of[1]].get(label)))
         rows.append(f"<tr><td>{_clean(label)}</td>{cells}</tr>")
     return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _paired_table(paired: dict[str, dict[str, float | int]]) -> str:
+    """Per category: prompts both runs scored, B − A over them, its standard error, and whether it is beyond
+    two standard errors."""
+    rows = []
+    for category, p in paired.items():
+        beyond = abs(p["b_minus_a"]) > 2 * p["standard_error"] and p["prompts"] > 1
+        rows.append(f"<tr><td>{_clean(category)}</td><td>{p['prompts']}</td>{_delta_cell(p['b_minus_a'])}"
+                    f"<td>{p['standard_error']:.4f}</td><td>{'yes' if beyond else 'no'}</td></tr>")
+    head = "<tr><th>paired, per prompt</th><th>prompts</th><th>B − A</th><th>± s.e.</th><th>beyond 2 s.e.</th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>"
 
 
 def _thumbnail(path: Path) -> str:
@@ -356,6 +401,9 @@ def compare_runs(run_a: Path, run_b: Path, out: Path) -> tuple[Path, Path]:
         changed = [k for k in common
                    if (sc_a[mode].get(k) or {}).get("passed") != (sc_b[mode].get(k) or {}).get("passed")]
         comparison["modes"][mode]["_prompts"] = {"common": len(common), "verdict_changed": changed}
+        paired = paired_differences(sc_a[mode], sc_b[mode], list(common))
+        comparison["modes"][mode]["_paired"] = paired
+        body.append(_paired_table(paired))
         columns = {f"A {mode}": (run_a / mode, common, sc_a[mode]),
                    f"B {mode}": (run_b / mode, {k: rec_b[mode][k] for k in common}, sc_b[mode])}
         body.append(_cards(columns, out))
