@@ -128,3 +128,27 @@ def test_resume_is_exact(tmp_path):
     logged, expected = read_metrics(tmp_path / "b"), read_metrics(tmp_path / "a")
     for key in ("reward", "loss", "kl", "clip_frac", "grad_norm"):
         assert [r[key] for r in logged] == [r[key] for r in expected], key
+
+
+def test_two_processes_split_the_prompts_and_stay_in_sync(tmp_path):
+    """MLLM-GRPO on 2 CPU processes (gloo): each rank rolls out its share of the step's prompts, the
+    gradients are averaged, and the MLLM weights are identical on both ranks after every update."""
+    from distributed_support import run_two_processes
+
+    report = run_two_processes(tmp_path, "mllm_grpo", f"""
+from rl_support import mllm_config
+from thinkgen.rl.mllm_grpo import train
+from tiny_pipeline import build_tiny_pipeline
+
+pipeline = build_tiny_pipeline()
+result = train(mllm_config({str(tmp_path / "run")!r}, max_steps=2), pipeline=pipeline)
+flat = torch.cat([p.detach().flatten() for p in pipeline.mllm.model.parameters()])
+gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+dist.all_gather(gathered, flat)
+report = {{"in_sync": all(torch.equal(g, gathered[0]) for g in gathered), "world_size": dist.get_world_size(),
+          "steps": result.step, "changed": not torch.equal(flat, torch.cat([p.flatten() for p in
+          build_tiny_pipeline().mllm.model.parameters()]))}}
+""")
+    assert report["world_size"] == 2 and report["steps"] == 2
+    assert report["in_sync"] and report["changed"]
+    assert (tmp_path / "run" / "final" / "mllm").is_dir()

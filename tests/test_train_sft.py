@@ -4,17 +4,15 @@ LoRA / EMA / checkpointing / edits, broken samples, logs and sample images."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from accelerate.utils import set_seed
+from distributed_support import one_thread_env, run_two_processes
 from train_recipes import TINY_DIT, sft_recipe, write_jsonl
 
 from thinkgen.models.dit import ThinkGenTransformer2DModel
@@ -23,14 +21,9 @@ from thinkgen.train.config import load_recipe
 from thinkgen.train.logs import read_metrics
 from thinkgen.train.sft import train
 
-ROOT = Path(__file__).parents[1]
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+SFT_IMPORTS = "from thinkgen.train.config import load_recipe\nfrom thinkgen.train.sft import train\n"
 
 
 def _tiny_dit(seed: int = 0) -> ThinkGenTransformer2DModel:
@@ -174,7 +167,7 @@ def test_killed_run_resumes_exactly(tmp_path):
     killed_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "thinkgen.cli", "train", "--recipe", str(recipe), "--set", steps[0],
                "--set", steps[1], "--set", f"run.output_dir='{killed_dir}'"]
-    process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, env=one_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed_dir / "checkpoints" / "step_00000002").is_dir() and process.poll() is None:
         assert time.time() < deadline, "the run never wrote its first checkpoint"
@@ -204,39 +197,13 @@ def test_time_budget_stops_saves_exports_and_the_same_command_continues_exactly(
     assert (tmp_path / "budget" / "final" / "transformer").is_dir()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _run_two_processes(tmp_path, name: str, body: str) -> dict:
-    """Run ``body`` under ``torch.distributed.run`` with 2 CPU processes; rank 0 writes ``report`` as JSON."""
-    script = tmp_path / f"{name}.py"
-    script.write_text(f"""
-import json, sys, torch, torch.distributed as dist
-from thinkgen.train.config import load_recipe
-from thinkgen.train.distributed import end_processes
-from thinkgen.train.sft import train
-{body}
-if dist.get_rank() == 0:
-    json.dump(report, open({str(tmp_path / f"{name}.json")!r}, "w"))
-end_processes()
-""")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(_free_port()), str(script)]
-    completed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads((tmp_path / f"{name}.json").read_text())
-
-
 def test_two_processes_stay_in_sync_and_match_one_process(tmp_path):
     recipe = sft_recipe(tmp_path, extra='stage = "dit"')
     steps = ["run.max_steps=3", "run.save_every=0"]
     single = train(load_recipe(recipe, [*steps, "data.micro_batch_size=4"])).losses
 
     overrides = [*steps, "data.micro_batch_size=2", f"run.output_dir='{tmp_path / 'ddp'}'"]
-    report = _run_two_processes(tmp_path, "ddp", f"""
+    report = run_two_processes(tmp_path, "ddp", SFT_IMPORTS + f"""
 result = train(load_recipe({str(recipe)!r}, {overrides!r}))
 flat = torch.cat([p.detach().flatten() for p in result.model.parameters()])
 gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
@@ -267,7 +234,7 @@ def test_fsdp_shards_matches_one_process_and_resumes_exactly(tmp_path):
                                         "distributed.strategy='auto'"]))
     out = tmp_path / "fsdp"
     common = ["run.save_every=2", "data.micro_batch_size=2", f"run.output_dir='{out}'"]
-    report = _run_two_processes(tmp_path, "fsdp", f"""
+    report = run_two_processes(tmp_path, "fsdp", SFT_IMPORTS + f"""
 from torch.distributed.tensor import DTensor
 first = train(load_recipe({str(recipe)!r}, {[*common, "run.max_steps=2"]!r}))
 weights = [p for p in first.model.parameters() if isinstance(p, DTensor)]
@@ -291,7 +258,7 @@ def test_one_process_out_of_time_stops_every_process_at_the_same_step(tmp_path):
     out = tmp_path / "budget"
     overrides = ["run.max_steps=6", "run.save_every=0", "run.max_minutes=60", "data.micro_batch_size=2",
                  f"run.output_dir='{out}'"]
-    report = _run_two_processes(tmp_path, "budget", f"""
+    report = run_two_processes(tmp_path, "budget", SFT_IMPORTS + f"""
 from thinkgen.train import run
 checks = []
 run.TimeBudget.spent = lambda self: checks.append(1) or (dist.get_rank() == 1 and len(checks) >= 2)
