@@ -67,6 +67,7 @@ from thinkgen.rl.common import (
 from thinkgen.rl.config import DiTGRPOConfig, DiTGRPOParams, RolloutSampleConfig
 from thinkgen.rl.plots import save_curves
 from thinkgen.sampling import (
+    GuidanceBatching,
     GuidanceConditions,
     SDEStepOutput,
     build_guidance_conditions,
@@ -124,9 +125,12 @@ def step_log_prob(
     noise_level: float,
     generator: torch.Generator | None = None,
     next_latents: torch.Tensor | None = None,
+    guidance_batching: GuidanceBatching = "by_length",
 ) -> SDEStepOutput:
-    """One guided SDE step: sample it (``generator``) or re-score ``next_latents`` under ``transformer``."""
-    velocity = guided_velocity(transformer, latents, t, conditions, sample.guidance_scale, sample.image_guidance_scale)
+    """One guided SDE step: sample it (``generator``) or re-score ``next_latents`` under ``transformer``;
+    ``guidance_batching`` as :func:`~thinkgen.sampling.guided_velocity` takes it."""
+    velocity = guided_velocity(transformer, latents, t, conditions, sample.guidance_scale, sample.image_guidance_scale,
+                               guidance_batching)
     return sde_step_with_logprob(latents, velocity, t, t_next, noise_level, generator, next_latents)
 
 
@@ -185,6 +189,7 @@ def rollout_group(
     config: DiTGRPOConfig,
     timesteps: list[float],
     noise_seed: int,
+    guidance_batching: GuidanceBatching = "by_length",
 ) -> DiTGroup:
     """G SDE rollouts of one prompt under the current DiT, the MLLM's conditioning computed once."""
     grpo, sample = config.grpo, config.sample
@@ -217,7 +222,7 @@ def rollout_group(
         trajectory, log_probs = [latents], []
         for i in range(len(timesteps) - 1):
             out = step_log_prob(model, latents, timesteps[i], timesteps[i + 1], conditions, sample,
-                                grpo.noise_level, generator=sde_generator)
+                                grpo.noise_level, generator=sde_generator, guidance_batching=guidance_batching)
             latents = out.latents
             trajectory.append(latents)
             log_probs.append(out.log_prob)
@@ -312,6 +317,9 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
     # ---- the loop
     result = GRPOResult(step=step)
     num = grpo.num_generations
+    # Under DDP one backward may follow one forward only: the guidance branches go through one DiT call,
+    # padded to one length, in rollouts and re-scoring alike (so the first ratio is still exactly 1).
+    batching: GuidanceBatching = "all" if accelerator.num_processes > 1 else "by_length"
     while step < config.run.max_steps:
         # 1. Rollouts: G SDE trajectories per prompt with per-step log-probs; each group's rewards are
         # scored while the next group is sampled.
@@ -319,7 +327,7 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
         groups, pending, reward_s = [], [], 0.0
         for slot in slots:
             group = rollout_group(pipeline, model, source.get(step * config.prompts.prompts_per_step + slot), config,
-                                  timesteps, R.item_seed(config.run.seed, step, NOISE_SLOT_OFFSET + slot))
+                                  timesteps, R.item_seed(config.run.seed, step, NOISE_SLOT_OFFSET + slot), batching)
             submitted = time.perf_counter()
             pending.append(rewards.submit(
                 [group.item.scenario] * num, [group.item.prompt] * num, group.images,
@@ -353,14 +361,16 @@ def train(config: DiTGRPOConfig, pipeline: ThinkGenPipeline | None = None) -> GR
                     adv = group.advantages[k * grpo.micro_batch_size:(k + 1) * grpo.micro_batch_size]
                     for j in trained:
                         out = step_log_prob(model, trajectory[j], timesteps[j], timesteps[j + 1], group.conditions,
-                                            sample, grpo.noise_level, next_latents=trajectory[j + 1])
+                                            sample, grpo.noise_level, next_latents=trajectory[j + 1],
+                                            guidance_batching=batching)
                         policy, stats = flow_grpo_loss(out.log_prob, old_log_probs[j], adv, grpo.clip_range)
                         kl = torch.zeros((), device=policy.device)
                         if reference is not None:
                             with torch.no_grad(), _as_reference(reference):
                                 ref = step_log_prob(reference if isinstance(reference, torch.nn.Module) else model,
                                                     trajectory[j], timesteps[j], timesteps[j + 1], group.conditions,
-                                                    sample, grpo.noise_level, next_latents=trajectory[j + 1])
+                                                    sample, grpo.noise_level, next_latents=trajectory[j + 1],
+                                                    guidance_batching=batching)
                             kl = mean_kl(out.mean, ref.mean, out.std).mean()
                         loss = policy + grpo.beta * kl
                         accelerator.backward(loss / num_terms)
