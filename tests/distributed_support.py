@@ -26,11 +26,19 @@ def free_port() -> int:
 
 def run_two_processes(tmp_path: Path, name: str, body: str) -> dict:
     """Run ``body`` (which imports what it needs and sets ``report``) in 2 processes; rank 0 writes ``report``
-    as JSON, which is returned."""
+    as JSON, which is returned. ``body`` may call ``same_on_every_rank(parameters)``: whether those weights are
+    equal, bit for bit, on both ranks."""
     script = tmp_path / f"{name}.py"
     script.write_text(f"""
 import json, sys, torch, torch.distributed as dist
 from thinkgen.train.distributed import end_processes
+
+def same_on_every_rank(parameters):
+    flat = torch.cat([p.detach().flatten() for p in parameters])
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
 {body}
 if dist.get_rank() == 0:
     json.dump(report, open({str(tmp_path / f"{name}.json")!r}, "w"))
