@@ -53,6 +53,22 @@ def test_nano_through_the_cli_then_compare(model_dir, tmp_path, capsys) -> None:
     assert "B − A" in page and "beyond 2 s.e." in page
 
 
+def test_summary_and_report_carry_the_standard_errors_the_scorer_gives(tmp_path, capsys) -> None:
+    """Printed and in report.html beside the score they qualify; never a row of their own."""
+    from thinkgen.eval.cli import _print_summary
+    from thinkgen.eval.report import build_results, write_report, write_results
+
+    summary = {"overall": 0.5, "categories": {"composition": 0.75, "text": 0.25}, "scale": "accuracy",
+               "metrics": {"standard_error/composition": 0.25, "standard_error/text": None,
+                           "standard_error/overall": None}}
+    results = build_results("nano", {"model": "m"}, {"think": {"summary": summary, "errors": []}})
+    _print_summary(results, tmp_path)
+    assert "think: overall 0.5000 (composition 0.750 ± 0.250, text 0.250)" in capsys.readouterr().out
+    write_results(tmp_path, results)
+    page = write_report(tmp_path).read_text()
+    assert "<td>0.7500 ± 0.2500</td>" in page and "<td>0.2500</td>" in page and "standard_error" not in page
+
+
 def test_bad_input_gives_one_clear_line(tmp_path, capsys) -> None:
     bad = tmp_path / "meta.jsonl"
     bad.write_text('{"tag": "counting", "include": [{"class": "cat"}], "prompt": "cats"}\n')

@@ -174,6 +174,22 @@ def test_nano_scorer_reports_the_words_read_apart_from_the_objects() -> None:
     assert scorer.score(load_nano(1, ["composition"])[0], [blank], {})["word_accuracy"] is None
 
 
+def test_nano_summary_gives_each_accuracy_its_standard_error() -> None:
+    """Per scenario the sample standard deviation of the prompts' accuracies over √n; overall, the standard
+    error of the mean of the scenario accuracies (the root of the summed squares over the count)."""
+    items = load_nano(4, ["composition", "text"])
+    rows = [{"category": "composition", "accuracy": a, "score": a, "error": None} for a in (1.0, 1.0, 0.0, 1.0)]
+    rows += [{"category": "text", "accuracy": a, "score": a, "error": None, "word_accuracy": 1.0}
+             for a in (0.0, 1.0, 0.0, 1.0)]
+    metrics = NanoScorer().aggregate(rows, items)["metrics"]
+    composition, text = (0.75 / 3 / 4) ** 0.5, (1.0 / 3 / 4) ** 0.5  # sums of squared deviations 0.75, 1
+    assert metrics["standard_error/composition"] == pytest.approx(composition)
+    assert metrics["standard_error/text"] == pytest.approx(text)
+    assert metrics["standard_error/overall"] == pytest.approx((composition**2 + text**2) ** 0.5 / 2)
+    single = NanoScorer().aggregate(rows[:1], items)["metrics"]
+    assert single["standard_error/composition"] is None and single["standard_error/overall"] is None
+
+
 def test_a_thought_never_closed_does_not_stop_a_run():
     from thinkgen.eval.runner import GenerationConfig, _thinking
 

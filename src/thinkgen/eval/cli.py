@@ -387,14 +387,21 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _print_summary(results: dict[str, Any], out: Path) -> None:
+    from .report import summary_standard_errors
+
     for mode, info in results["modes"].items():
         summary = info.get("summary")
         if summary is None:
             print(f"{mode}: not scored")
             continue
+        errors = summary_standard_errors(summary)
+
+        def shown(name: str, value: float, digits: int) -> str:
+            return f"{value:.{digits}f}" + (f" ± {errors[name]:.{digits}f}" if name in errors else "")
+
         overall = summary["overall"]
-        cats = ", ".join(f"{c} {v:.3f}" for c, v in summary["categories"].items())
-        print(f"{mode}: overall {'–' if overall is None else f'{overall:.4f}'} ({cats})")
+        cats = ", ".join(f"{c} {shown(c, v, 3)}" for c, v in summary["categories"].items())
+        print(f"{mode}: overall {'–' if overall is None else shown('overall', overall, 4)} ({cats})")
     print(f"results: {out / 'results.json'}\nreport: {out / 'report.html'}")
 
 

@@ -10,7 +10,8 @@ Scorer: :func:`thinkgen.world.score.score_spec` with a detector tuned to the wor
 (:meth:`~thinkgen.world.detect.DetectorConfig.for_world`); an image is correct when every clause of its
 spec holds (GenEval's strict rule with exact colours), and its score is the mean clause credit. A
 scenario's accuracy is the mean over its images; overall = the mean of the scenario accuracies. The mean
-clause credit is reported per scenario as well.
+clause credit is reported per scenario as well, and the standard error of each accuracy over prompts
+(``standard_error/<scenario>``, ``standard_error/overall``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from PIL import Image
 
 from ..world.scenarios import SCENARIOS, check_scenario, generate
 from ..world.scene import Spec, WorldConfig, get_preset
-from .runner import EvalItem, FileLayout, category_means, mean, suffixed
+from .runner import (
+    STANDARD_ERROR,
+    EvalItem,
+    FileLayout,
+    category_means,
+    category_standard_errors,
+    mean,
+    suffixed,
+)
 
 
 def load_nano(
@@ -94,6 +103,9 @@ class NanoScorer:
             "categories": accuracy,
             "metrics": {"mean_clause_credit": mean(s["score"] for s in scored),
                         **{f"clause_credit/{c}": v for c, v in credit.items()},
-                        **{f"word_accuracy/{c}": v for c, v in category_means(scored, "word_accuracy").items()}},
+                        **{f"word_accuracy/{c}": v for c, v in category_means(scored, "word_accuracy").items()},
+                        # With a few hundred prompts a scenario moves by a few points between seed sets.
+                        **{f"{STANDARD_ERROR}{c}": v
+                           for c, v in category_standard_errors(scored, "accuracy").items()}},
             "scale": "exact-match accuracy in [0, 1]; overall = mean of the scenario accuracies",
         }

@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 
 from ..imageio import atomic_write_bytes, load_image
-from .runner import MODES, SCORES, load_manifest, read_jsonl_records
+from .runner import MODES, SCORES, STANDARD_ERROR, load_manifest, read_jsonl_records
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +180,15 @@ def _score_rows(summary: dict[str, Any] | None) -> dict[str, float | None]:
         return {}
     rows = {"overall": summary["overall"], **summary["categories"]}
     rows.update({k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))
-                 and not isinstance(v, bool) and not k.startswith("num_")})
+                 and not isinstance(v, bool) and not k.startswith(("num_", STANDARD_ERROR))})
     return rows
+
+
+def summary_standard_errors(summary: dict[str, Any] | None) -> dict[str, float]:
+    """The standard errors a scorer reports (metrics ``standard_error/<row>``), by row label."""
+    metrics = (summary or {}).get("metrics", {})
+    return {k.removeprefix(STANDARD_ERROR): v for k, v in metrics.items()
+            if k.startswith(STANDARD_ERROR) and isinstance(v, (int, float))}
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -212,15 +219,23 @@ def _delta_cell(value: float | None) -> str:
     return f'<td class="{cls}">{value:+.4f}</td>'
 
 
-def _table(columns: dict[str, dict[str, float | None]], delta_of: tuple[str, str] | None) -> str:
-    """Rows = union of labels; one column per series, plus ``a − b`` when ``delta_of = (a, b)``."""
+def _table(columns: dict[str, dict[str, float | None]], delta_of: tuple[str, str] | None,
+           errors: dict[str, dict[str, float]] | None = None) -> str:
+    """Rows = union of labels; one column per series (a value ``± its standard error`` where ``errors`` of
+    that series has one), plus ``a − b`` when ``delta_of = (a, b)``."""
     labels = list(dict.fromkeys(label for values in columns.values() for label in values))
     head = "".join(f"<th>{_clean(name)}</th>" for name in columns)
     if delta_of:
         head += f"<th>Δ {_clean(delta_of[0])} − {_clean(delta_of[1])}</th>"
+    errors = errors or {}
+
+    def cell(name: str, label: str) -> str:
+        error = errors.get(name, {}).get(label)
+        return _fmt(columns[name].get(label)) + ("" if error is None else f" ± {error:.4f}")
+
     rows = []
     for label in labels:
-        cells = "".join(f"<td>{_fmt(values.get(label))}</td>" for values in columns.values())
+        cells = "".join(f"<td>{cell(name, label)}</td>" for name in columns)
         if delta_of:
             cells += _delta_cell(_delta(columns[delta_of[0]].get(label), columns[delta_of[1]].get(label)))
         rows.append(f"<tr><td>{_clean(label)}</td>{cells}</tr>")
@@ -354,7 +369,8 @@ def write_report(run_dir: Path) -> Path:
                      f" · {info.get('num_prompts', 0)} prompts · {gen.get('num_images', 0)} images "
                      f"({_fmt(gen.get('seconds_per_image'))} s/image) · "
                      f"{len(info.get('errors', []))} scoring errors</p>")
-    lines.append(_table(score_columns, delta) if any(score_columns.values()) else "<p>No scores.</p>")
+    errors = {mode: summary_standard_errors(info.get("summary")) for mode, info in modes.items()}
+    lines.append(_table(score_columns, delta, errors) if any(score_columns.values()) else "<p>No scores.</p>")
     lines.append(_chart_tag(chart))
     columns = {mode: (run_dir / mode, records[mode], scores[mode]) for mode in modes}
     lines.append(_cards(columns, run_dir))

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
 RUN_CONFIG = "run.json"
 SCORES = "scores.jsonl"
+STANDARD_ERROR = "standard_error/"  # prefix of a summary's metrics that give the standard error of a row
 MODES: dict[str, bool] = {"think": True, "no_think": False}
 """Mode folder name → the pipeline's ``think`` argument."""
 
@@ -496,6 +497,27 @@ def category_means(samples: Iterable[dict[str, Any]], value: str = "score") -> d
         if s.get(value) is not None:
             groups.setdefault(s["category"], []).append(float(s[value]))
     return {c: sum(v) / len(v) for c, v in groups.items()}
+
+
+def category_standard_errors(samples: Iterable[dict[str, Any]], value: str = "score") -> dict[str, float | None]:
+    """Standard error of :func:`category_means` per category (sample standard deviation over sqrt(n)), and of
+    their mean as ``"overall"`` (categories independent); ``None`` where a category has a single sample.
+
+    The prompt is the unit: several images of one prompt enter as their mean, since they share its
+    difficulty."""
+    groups: dict[str, list[float]] = {}
+    for s in samples:
+        if s.get(value) is not None:
+            groups.setdefault(s["category"], []).append(float(s[value]))
+    errors: dict[str, float | None] = {}
+    for c, v in groups.items():
+        n = len(v)
+        m = sum(v) / n
+        errors[c] = (sum((x - m) ** 2 for x in v) / (n - 1) / n) ** 0.5 if n > 1 else None
+    known = list(errors.values())
+    errors["overall"] = (sum(e * e for e in known) ** 0.5 / len(known)  # type: ignore[operator]
+                         if known and None not in known else None)
+    return errors
 
 
 def read_json_file(path: str | Path, what: str) -> Any:
