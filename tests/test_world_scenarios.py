@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -175,6 +176,27 @@ def test_composition_tags_and_exact_counts():
             a, b = (next(o for o in s.target.objects if o.shape == c.shape) for c in s.spec.include[1::-1])
             assert ref == 0 and holds_clearly(name, a.box(), b.box())
     assert set(tags) == {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
+
+
+def test_a_position_answer_follows_from_its_prompt():
+    """Prompts that read "X <relation> Y" are answered "X <that relation> Y", whichever object the scene
+    relates to which: the answer is a function of the prompt, not of a hidden draw. "Y with X <relation>
+    it" is answered "X <relation> Y"."""
+    phrases = sorted(((p, r) for r, ps in ph.RELATION_PHRASES.items() for p in ps), key=lambda pr: -len(pr[0]))
+
+    def shapes_and_relation(text: str) -> tuple[list[str], str]:
+        name = next(r for p, r in phrases if f" {p} " in text)
+        return [w.rstrip("s") for w in text.split() if w.rstrip("s") in NANO.shapes], name
+
+    forms = Counter()
+    for i in range(120):
+        s = generate("composition", i, kind="position")
+        (x, y), name = shapes_and_relation(s.instruction)
+        (first, second), said = shapes_and_relation(s.answer)
+        form = "with" if re.search(r" with .+ it\b", s.instruction) else "in order"
+        assert (first, said, second) == ((y, name, x) if form == "with" else (x, name, y)), (s.instruction, s.answer)
+        forms[form] += 1
+    assert forms["with"] > 20 and forms["in order"] > 60
 
 
 def test_phrasing_varies():

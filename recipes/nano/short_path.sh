@@ -3,8 +3,8 @@
 #   recipes/nano/short_path.sh [OUTPUT_DIR]          (default runs/nano-short; needs `thinkgen` and `torchrun`)
 # 1. the palette codec (codec.toml), one process, then the MLLM (mllm.toml), two processes;
 # 2. the DiT with every mark from its first step (stage2_marks.toml), two processes;
-# 3. MLLM-GRPO on reflection and reasoning edits (reflection_grpo.toml), DiT frozen;
-# 4. DiT-GRPO on composition (composition_dit_grpo.toml), MLLM frozen.
+# 3. MLLM-GRPO on reflection and reasoning edits (reflection_grpo.toml), DiT frozen, two processes;
+# 4. DiT-GRPO on composition (composition_dit_grpo.toml), MLLM frozen, two processes.
 # Each stage resumes from its last checkpoint when the script is run again, and a finished stage (its
 # final/ exists) is skipped; a failing stage stops the script (its log: OUTPUT_DIR/NAME.log). The wall time
 # of each stage goes to OUTPUT_DIR/wall_times.tsv. The result,
@@ -35,7 +35,8 @@ timed stage2_marks torchrun --nproc_per_node 2 -m thinkgen.cli train --recipe "$
     --set run.output_dir="\"$out/stage2_marks\"" --set model.mllm="\"$out/mllm/final/mllm\"" \
     --set model.codec="\"$out/codec/final\"" \
     --set data.micro_batch_size=16 --set data.num_workers=0 --set run.sample_every=0
-timed reflection_grpo thinkgen train --recipe "$recipes/reflection_grpo.toml" \
+# The RL stages split each step's prompts between the two processes (README, "Reinforcement learning").
+timed reflection_grpo torchrun --nproc_per_node 2 -m thinkgen.cli train --recipe "$recipes/reflection_grpo.toml" \
     --set run.output_dir="\"$out/reflection_grpo\"" --set model.pipeline="\"$out/stage2_marks/final\""
-timed composition_dit_grpo thinkgen train --recipe "$recipes/composition_dit_grpo.toml" \
+timed composition_dit_grpo torchrun --nproc_per_node 2 -m thinkgen.cli train --recipe "$recipes/composition_dit_grpo.toml" \
     --set run.output_dir="\"$out/composition_dit_grpo\"" --set model.pipeline="\"$out/reflection_grpo/final\""

@@ -143,7 +143,11 @@ def composition(
             body = f"{np_b} with {np_a} {ph.relation_phrase(name, rng)} it"
         spec = Spec(task, include=[Clause(b), Clause(a, position=(name, 0))])
         scene = place_related(rng, config, [(a, ca), (b, cb)], name)
-        answer = f"{ph.noun_phrase(1, a, ca)} {ph.relation_phrase(name)} {ph.noun_phrase(1, b, cb)}"
+        # The answer keeps the order and relation of a prompt that names two objects and the relation
+        # between them: "X p Y" reads alike in forms 0 and 1, so an answer that put the related object
+        # first would turn it to "Y p' X" for half of them at random, and a model could not tell which.
+        first, second, said = ((b, cb), (a, ca), ph.CONVERSE[name]) if form == 1 else ((a, ca), (b, cb), name)
+        answer = f"{ph.noun_phrase(1, *first)} {ph.relation_phrase(said)} {ph.noun_phrase(1, *second)}"
 
     return Draft(instruction=frame(rng, body), answer=answer, spec=spec, target=scene, meta={"kind": task})
 
