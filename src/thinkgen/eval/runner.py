@@ -490,13 +490,17 @@ def mean(values: Iterable[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def category_means(samples: Iterable[dict[str, Any]], value: str = "score") -> dict[str, float]:
-    """Mean of ``value`` per category over the samples that have it, categories in first-seen order."""
+def _category_values(samples: Iterable[dict[str, Any]], value: str) -> dict[str, list[float]]:
     groups: dict[str, list[float]] = {}
     for s in samples:
         if s.get(value) is not None:
             groups.setdefault(s["category"], []).append(float(s[value]))
-    return {c: sum(v) / len(v) for c, v in groups.items()}
+    return groups
+
+
+def category_means(samples: Iterable[dict[str, Any]], value: str = "score") -> dict[str, float]:
+    """Mean of ``value`` per category over the samples that have it, categories in first-seen order."""
+    return {c: sum(v) / len(v) for c, v in _category_values(samples, value).items()}
 
 
 def category_standard_errors(samples: Iterable[dict[str, Any]], value: str = "score") -> dict[str, float | None]:
@@ -505,12 +509,8 @@ def category_standard_errors(samples: Iterable[dict[str, Any]], value: str = "sc
 
     The prompt is the unit: several images of one prompt enter as their mean, since they share its
     difficulty."""
-    groups: dict[str, list[float]] = {}
-    for s in samples:
-        if s.get(value) is not None:
-            groups.setdefault(s["category"], []).append(float(s[value]))
     errors: dict[str, float | None] = {}
-    for c, v in groups.items():
+    for c, v in _category_values(samples, value).items():
         n = len(v)
         m = sum(v) / n
         errors[c] = (sum((x - m) ** 2 for x in v) / (n - 1) / n) ** 0.5 if n > 1 else None
