@@ -78,7 +78,8 @@ for sample, instruction in zip(samples, out.instruction):
             else "related object first" if x == sample.spec.include[-1].shape else "related object second")
     total[form] += 1
     right[form] += got in ((x, name, y), (y, CONVERSE[name], x))
-print(f"position prompts ({sum(total.values())} among {args.positions} composition test prompts): relation stated right")
+print(f"position prompts ({sum(total.values())} among {args.positions} composition test prompts): "
+      "relation stated right")
 for form in ("related object first", "related object second", "Y with X ... it"):
     print(f"  {form:<24} {right[form]}/{total[form]}")
 print(f"  {'all':<24} {sum(right.values())}/{sum(total.values())}")
