@@ -54,13 +54,14 @@ for scenario in SCENARIOS:
 print(f"mean {sum(totals) / len(totals):.3f} over {len(SCENARIOS)} scenarios, {time.perf_counter() - start:.0f} s")
 
 
-def stated_relation(text: str) -> tuple[str, str, str] | None:
-    """``(shape, relation, shape)`` of an instruction or prompt relating two objects, else ``None``."""
+def stated_relation(text: str) -> tuple[str, str, str, int] | None:
+    """``(shape, relation, shape, i)`` of an instruction or prompt relating its object ``i`` to the other one,
+    else ``None``."""
     plan = planned_objects(text, get_preset("nano"))
     if plan is None or plan.relation is None:
         return None
     name, i, j = plan.relation
-    return plan.shapes[i], name, plan.shapes[j]
+    return plan.shapes[i], name, plan.shapes[j], i
 
 
 samples = [s for i in range(args.positions) if (s := generate("composition", i, split="test")).spec.tag == "position"]
@@ -70,14 +71,14 @@ for sample, instruction in zip(samples, out.instruction):
     wanted = stated_relation(sample.instruction)
     if wanted is None:
         raise ValueError(f"the planner reads no relation in the world's prompt {sample.instruction!r}")
-    x, name, y = wanted
+    x, name, y, related = wanted
     got = stated_relation(instruction)
     # The prompt's form: "Y with X above it" (the planner relates its second object), or whether it names the
     # object the spec relates (its last clause) first.
-    form = ("Y with X ... it" if planned_objects(sample.instruction, get_preset("nano")).relation[1] == 1
+    form = ("Y with X ... it" if related == 1
             else "related object first" if x == sample.spec.include[-1].shape else "related object second")
     total[form] += 1
-    right[form] += got in ((x, name, y), (y, CONVERSE[name], x))
+    right[form] += got is not None and got[:3] in ((x, name, y), (y, CONVERSE[name], x))
 print(f"position prompts ({sum(total.values())} among {args.positions} composition test prompts): "
       "relation stated right")
 for form in ("related object first", "related object second", "Y with X ... it"):

@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 
 from ..imageio import atomic_write_bytes, load_image
-from .runner import MODES, SCORES, STANDARD_ERROR, load_manifest, read_jsonl_records
+from .runner import MODES, SCORES, STANDARD_ERROR, load_manifest, read_jsonl_records, standard_error
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +82,9 @@ def paired_differences(
             continue
         groups.setdefault(b.get("category") or a.get("category") or "all", []).append(
             float(b[field]) - float(a[field]))
-    paired = {}
-    for category, diffs in groups.items():
-        n = len(diffs)
-        mean_diff = sum(diffs) / n
-        variance = sum((d - mean_diff) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
-        paired[category] = {"prompts": n, "b_minus_a": mean_diff, "standard_error": (variance / n) ** 0.5}
-    return paired
+    return {category: {"prompts": len(diffs), "b_minus_a": sum(diffs) / len(diffs),
+                       "standard_error": standard_error(diffs) or 0.0}
+            for category, diffs in groups.items()}
 
 
 def build_results(

@@ -503,17 +503,23 @@ def category_means(samples: Iterable[dict[str, Any]], value: str = "score") -> d
     return {c: sum(v) / len(v) for c, v in _category_values(samples, value).items()}
 
 
+def standard_error(values: Sequence[float]) -> float | None:
+    """Standard error of the mean of ``values`` (sample standard deviation over sqrt(n)); ``None`` for fewer
+    than two."""
+    n = len(values)
+    if n < 2:
+        return None
+    m = sum(values) / n
+    return (sum((x - m) ** 2 for x in values) / (n - 1) / n) ** 0.5
+
+
 def category_standard_errors(samples: Iterable[dict[str, Any]], value: str = "score") -> dict[str, float | None]:
     """Standard error of :func:`category_means` per category (sample standard deviation over sqrt(n)), and of
     their mean as ``"overall"`` (categories independent); ``None`` where a category has a single sample.
 
     The prompt is the unit: several images of one prompt enter as their mean, since they share its
     difficulty."""
-    errors: dict[str, float | None] = {}
-    for c, v in _category_values(samples, value).items():
-        n = len(v)
-        m = sum(v) / n
-        errors[c] = (sum((x - m) ** 2 for x in v) / (n - 1) / n) ** 0.5 if n > 1 else None
+    errors = {c: standard_error(v) for c, v in _category_values(samples, value).items()}
     known = list(errors.values())
     errors["overall"] = (sum(e * e for e in known) ** 0.5 / len(known)  # type: ignore[operator]
                          if known and None not in known else None)
