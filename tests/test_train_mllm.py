@@ -19,7 +19,7 @@ from thinkgen.train.mllm_sft import (
     loader_item,
     train,
 )
-
+from tiny_pipeline import build_tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,3 +94,21 @@ def test_the_step_loss_is_the_mean_over_its_tokens_however_the_batch_is_split(tm
     whole = train(load_recipe(recipe))
     split = train(load_recipe(recipe, ["data.micro_batch_size=2", f"run.output_dir='{tmp_path / 'split'}'"]))
     assert split.losses == pytest.approx(whole.losses, rel=1e-5)
+
+
+def test_mllm_stage_continues_from_a_pipeline_folder_in_float32(tmp_path):
+    """``model.init`` takes a pipeline folder, as the shipped model is laid out (its MLLM in half precision,
+    the processor beside it): the stage starts from that MLLM and its tokenizer, with float32 master weights."""
+    pipeline = build_tiny_pipeline()
+    pipeline.save_pretrained(tmp_path / "pipe", dtype=torch.float16)
+    recipe = _tiny_recipe(tmp_path, 4, "save_every = 0")
+    recipe.write_text(recipe.read_text().replace("tiny = { vocab_size = 384 }", f"init = \"{tmp_path / 'pipe'}\""))
+    result = train(load_recipe(recipe, ["optim.lr=1e-12"]))  # an update too small to see: the start is kept
+    start = pipeline.mllm.model.state_dict()
+    trained = result.mllm.model.state_dict()
+    assert trained.keys() == start.keys()
+    for name, value in trained.items():
+        assert value.dtype == torch.float32, name
+        torch.testing.assert_close(value, start[name].half().float(), rtol=0, atol=1e-6)
+    assert result.mllm.tokenizer.get_vocab() == pipeline.mllm.tokenizer.get_vocab()
+    assert all(np.isfinite(result.losses))

@@ -28,17 +28,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from PIL import Image
 from huggingface_hub import split_torch_state_dict_into_shards
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from . import DTYPES
+from .glyphs import plan_edit_glyphs, plan_glyphs
 from .imageio import load_image, pil_to_tensor, tensor_to_pil
 from .models.dit import ThinkGenTransformer2DModel
 from .models.mllm import MLLMOutput, ThinkGenMLLM, ThinkingConfig
 from .models.refine import is_match_verdict
 from .models.vae import ImageCodec, load_codec
-from .glyphs import plan_edit_glyphs, plan_glyphs
 from .sampling import SHIFT_REFERENCE_SIDE, GuidanceBatching, check_guidance_batching, sample_latents
 from .world.scene import get_preset
 
@@ -274,6 +274,16 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
             f"{path} is not a ThinkGen model folder (no {MODEL_INDEX}); shipped models: {', '.join(SHIPPED_MODELS)}"
         )
     return path
+
+
+def mllm_folders(source: str | Path) -> tuple[Path, Path]:
+    """Where an MLLM's weights and its processor are, as ``(weights, processor)``: a shipped model's name or a
+    pipeline folder gives its ``mllm`` and ``processor`` folders; any other folder is an MLLM saved with its
+    processor (``ThinkGenMLLM.save_pretrained``, a trainer's ``final/mllm``)."""
+    if str(source) in SHIPPED_MODELS or (Path(source) / MODEL_INDEX).is_file():
+        folder = resolve_model_path(source)
+        return folder / "mllm", folder / "processor"
+    return Path(source), Path(source)
 
 
 def load_pipeline(model: str | Path = "nano", device: str | None = None, dtype: str = "float32") -> ThinkGenPipeline:

@@ -52,6 +52,7 @@ from thinkgen.models.tiny import (
     build_tiny_qwen3vl,
     build_tiny_tokenizer,
 )
+from thinkgen.pipeline import mllm_folders
 from thinkgen.train import run as R
 from thinkgen.train.checkpoint import RNGState, ValueState
 from thinkgen.train.config import MLLMSFTConfig
@@ -96,7 +97,7 @@ def build_processor(
     so a resumed run tokenizes exactly as the first."""
     folder = output_dir / PROCESSOR_DIR
     if config.model.init:
-        return Qwen3VLImageProcessor.from_pretrained(config.model.init)
+        return Qwen3VLImageProcessor.from_pretrained(mllm_folders(config.model.init)[1])
     if accelerator.is_main_process and not folder.is_dir():
         spec = tiny_spec(config)
         tokenizer = build_tiny_tokenizer(tokenizer_corpus(sources, config.model.num_corpus_samples), spec.vocab_size)
@@ -203,7 +204,8 @@ def train(config: MLLMSFTConfig) -> MLLMSFTResult:
 
     # ---- model
     if config.model.init:
-        qwen = Qwen3VLForConditionalGeneration.from_pretrained(config.model.init)
+        # float32 master weights, whatever the folder stores (the shipped MLLM is half precision)
+        qwen = ThinkGenMLLM.from_pretrained(*mllm_folders(config.model.init), torch_dtype=torch.float32).model
     else:
         qwen = build_tiny_qwen3vl(processor.tokenizer, tiny_spec(config), seed=config.run.seed)
     qwen.requires_grad_(True).train()

@@ -49,7 +49,7 @@ from thinkgen.imageio import pil_to_tensor, save_with_sidecar, tensor_to_pil
 from thinkgen.models.dit import ThinkGenTransformer2DModel
 from thinkgen.models.mllm import ThinkGenMLLM
 from thinkgen.models.vae import ImageCodec, PixelCodec, load_codec
-from thinkgen.pipeline import MODEL_INDEX, TORCH_DTYPES, PipelineConfig, ThinkGenPipeline, load_transformer
+from thinkgen.pipeline import TORCH_DTYPES, PipelineConfig, ThinkGenPipeline, load_transformer, mllm_folders
 from thinkgen.sampling import sample_latents, time_shift_factor
 from thinkgen.train import run as R
 from thinkgen.train.checkpoint import RNGState, ValueState
@@ -89,19 +89,15 @@ class SFTResult:
 
 
 def load_mllm(source: str, dtype: str, seed: int) -> ThinkGenMLLM:
-    """The frozen MLLM: a saved MLLM folder, a pipeline folder (its ``mllm`` and ``processor``), or ``tiny``
+    """The frozen MLLM: a saved MLLM folder, a pipeline folder or shipped model (its MLLM), or ``tiny``
     (a tiny random Qwen3-VL, for tests and smoke runs)."""
     if source == "tiny":
         from thinkgen.models.tiny import build_tiny_mllm
 
         mllm = build_tiny_mllm(seed=seed)
         mllm.model.to(TORCH_DTYPES[dtype])
-    elif (Path(source) / MODEL_INDEX).is_file():
-        mllm = ThinkGenMLLM.from_pretrained(
-            Path(source) / "mllm", Path(source) / "processor", torch_dtype=TORCH_DTYPES[dtype]
-        )
     else:
-        mllm = ThinkGenMLLM.from_pretrained(source, torch_dtype=TORCH_DTYPES[dtype])
+        mllm = ThinkGenMLLM.from_pretrained(*mllm_folders(source), torch_dtype=TORCH_DTYPES[dtype])
     mllm.model.requires_grad_(False).eval()
     return mllm
 
