@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_pipeline import build_tiny_pipeline
 
 from thinkgen.models.mllm import ThinkGenMLLM
 from thinkgen.models.tiny import build_tiny_mllm
-from thinkgen.train.config import load_recipe
+from thinkgen.pipeline import ThinkGenPipeline
+from thinkgen.train.config import SourceConfig, load_recipe
 from thinkgen.train.data import WorldSource
-from thinkgen.train.config import SourceConfig
 from thinkgen.train.mllm_sft import (
     IGNORE_INDEX,
     assistant_target,
@@ -19,7 +20,6 @@ from thinkgen.train.mllm_sft import (
     loader_item,
     train,
 )
-from tiny_pipeline import build_tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,7 +98,8 @@ def test_the_step_loss_is_the_mean_over_its_tokens_however_the_batch_is_split(tm
 
 def test_mllm_stage_continues_from_a_pipeline_folder_in_float32(tmp_path):
     """``model.init`` takes a pipeline folder, as the shipped model is laid out (its MLLM in half precision,
-    the processor beside it): the stage starts from that MLLM and its tokenizer, with float32 master weights."""
+    the processor beside it): the stage starts from that MLLM and its tokenizer, with float32 master weights,
+    and its ``final/`` is that pipeline with the trained MLLM, ready for the next stage."""
     pipeline = build_tiny_pipeline()
     pipeline.save_pretrained(tmp_path / "pipe", dtype=torch.float16)
     recipe = _tiny_recipe(tmp_path, 4, "save_every = 0")
@@ -112,3 +113,8 @@ def test_mllm_stage_continues_from_a_pipeline_folder_in_float32(tmp_path):
         torch.testing.assert_close(value, start[name].half().float(), rtol=0, atol=1e-6)
     assert result.mllm.tokenizer.get_vocab() == pipeline.mllm.tokenizer.get_vocab()
     assert all(np.isfinite(result.losses))
+    continued = ThinkGenPipeline.from_pretrained(tmp_path / "run" / "final")
+    for name, value in continued.mllm.model.state_dict().items():
+        torch.testing.assert_close(value, trained[name], rtol=0, atol=0)
+    saved_dit = ThinkGenPipeline.from_pretrained(tmp_path / "pipe").transformer.state_dict()
+    assert all(torch.equal(value, saved_dit[name]) for name, value in continued.transformer.state_dict().items())

@@ -276,11 +276,16 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     return path
 
 
+def is_pipeline(source: str | Path) -> bool:
+    """Whether ``source`` names a whole pipeline: a shipped model's name or a folder with a model index."""
+    return str(source) in SHIPPED_MODELS or (Path(source) / MODEL_INDEX).is_file()
+
+
 def mllm_folders(source: str | Path) -> tuple[Path, Path]:
     """Where an MLLM's weights and its processor are, as ``(weights, processor)``: a shipped model's name or a
     pipeline folder gives its ``mllm`` and ``processor`` folders; any other folder is an MLLM saved with its
     processor (``ThinkGenMLLM.save_pretrained``, a trainer's ``final/mllm``)."""
-    if str(source) in SHIPPED_MODELS or (Path(source) / MODEL_INDEX).is_file():
+    if is_pipeline(source):
         folder = resolve_model_path(source)
         return folder / "mllm", folder / "processor"
     return Path(source), Path(source)

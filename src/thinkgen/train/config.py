@@ -506,7 +506,8 @@ class MLLMModelConfig:
 
     Attributes:
         init: MLLM to continue from: its folder (``ThinkGenMLLM`` layout, with its processor), a pipeline
-            folder, or a shipped model's name (``nano``); empty: a new tiny Qwen3-VL.
+            folder, or a shipped model's name (``nano``); empty: a new tiny Qwen3-VL. From a pipeline, ``final/``
+            is that pipeline with the trained MLLM.
         tiny: ``TinyQwen3VLSpec`` fields of the new model (``vocab_size`` included).
         num_corpus_samples: World samples whose texts train the new tokenizer (with its default corpus).
         use_system_prompt: Put ThinkGen's system prompt in every sample, as inference does.

@@ -21,12 +21,15 @@ Commands:
     thinkgen train --recipe recipes/nano/mllm.toml                       # CPU
     torchrun --nproc_per_node 2 -m thinkgen.cli train --recipe recipes/nano/mllm.toml
 
-The result, ``final/mllm``, loads with ``ThinkGenMLLM.from_pretrained``.
+The result, ``final/mllm``, loads with ``ThinkGenMLLM.from_pretrained``. A stage that continues the MLLM of a
+pipeline (``model.init`` a pipeline folder or a shipped model) makes ``final/`` that pipeline with the trained
+MLLM in place of its own, so the next stage (an RL recipe's ``model.pipeline``) starts from it.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,7 @@ from thinkgen.models.tiny import (
     build_tiny_qwen3vl,
     build_tiny_tokenizer,
 )
-from thinkgen.pipeline import mllm_folders
+from thinkgen.pipeline import MODEL_INDEX, is_pipeline, mllm_folders, resolve_model_path
 from thinkgen.train import run as R
 from thinkgen.train.checkpoint import RNGState, ValueState
 from thinkgen.train.config import MLLMSFTConfig
@@ -104,6 +107,16 @@ def build_processor(
         build_tiny_processor(tokenizer, spec).save_pretrained(folder)
     accelerator.wait_for_everyone()
     return Qwen3VLImageProcessor.from_pretrained(folder)
+
+
+def complete_pipeline(pipeline: Path, final: Path) -> None:
+    """Make ``final``, which holds the trained ``mllm``, a pipeline folder: the other parts of ``pipeline`` (DiT,
+    codec, scheduler, processor) and its ``model_index.json`` copied unchanged beside it. Nothing else is
+    copied: a model card describes the model it came with, not this one."""
+    for part in sorted(p for p in pipeline.iterdir() if p.is_dir() and p.name != "mllm"):
+        shutil.rmtree(final / part.name, ignore_errors=True)
+        shutil.copytree(part, final / part.name)
+    shutil.copy2(pipeline / MODEL_INDEX, final / MODEL_INDEX)
 
 
 def tiny_spec(config: MLLMSFTConfig) -> TinyQwen3VLSpec:
@@ -278,4 +291,7 @@ def train(config: MLLMSFTConfig) -> MLLMSFTResult:
         mllm = ThinkGenMLLM(trained, processor, system_prompt=system_prompt)
         mllm.save_pretrained(output_dir / "final" / "mllm")
         logger.info("wrote %s", output_dir / "final" / "mllm")
+        if config.model.init and is_pipeline(config.model.init):
+            complete_pipeline(resolve_model_path(config.model.init), output_dir / "final")
+            logger.info("wrote %s: the pipeline of %s with this MLLM", output_dir / "final", config.model.init)
     return MLLMSFTResult(step=step, losses=progress.losses, mllm=mllm)
