@@ -57,6 +57,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as `thinkgen` does: subnormal floats slow late CPU training steps
     torch.manual_seed(args.seed)
     config = preset_config(args.preset)
     model = NanoAutoencoder(
