@@ -4,8 +4,9 @@ In MLLM-GRPO the frozen DiT draws every rollout of a group from the same noise, 
 non-zero advantage when its G instructions differ. For each scenario and temperature this reports, over
 ``-n`` prompts of a split, the distinct instructions per group, the share of groups that mix right and
 wrong instructions (against the world's answer: the groups that carry a learning signal about the
-instruction), and the share of right instructions. ``--split test`` adds the same split into knowledge the
-train split has (``seen``) and facts held out of it (``held_out``).
+instruction), and the share of right instructions. ``--split test`` adds the same split into prompts whose
+facts the train split has (``seen``) and prompts asking for a fact held out of it (``held_out``; a test
+prompt that only draws a held-out colour and shape pair counts as seen, its instruction is known).
 
     python benchmarks/nano_group_diversity.py --mllm checkpoints/nano-mllm --split train \
         --scenarios reasoning composition --temperatures 1 1.5 2 3
@@ -19,6 +20,7 @@ import torch
 
 from thinkgen.models.mllm import ThinkGenMLLM, ThinkingConfig
 from thinkgen.models.refine import normalise_instruction
+from thinkgen.world.knowledge import HELD_OUT_FACTS
 from thinkgen.world.scenarios import SCENARIOS, generate
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,8 +45,9 @@ for scenario in args.scenarios:
     samples = [generate(scenario, i, seed=args.seed, split=args.split) for i in range(args.n)]
     subsets = {"all": samples}
     if args.split != "train":
-        subsets["seen"] = [s for s in samples if not s.meta.get("held_out", False)]
-        subsets["held_out"] = [s for s in samples if s.meta.get("held_out", False)]
+        unseen = [bool(set(s.meta.get("facts", ())) & HELD_OUT_FACTS) for s in samples]
+        subsets["seen"] = [s for s, u in zip(samples, unseen) if not u]
+        subsets["held_out"] = [s for s, u in zip(samples, unseen) if u]
     for temperature in args.temperatures:
         stats = {}
         for k, sample in enumerate(samples):

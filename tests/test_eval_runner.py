@@ -190,6 +190,30 @@ def test_nano_summary_gives_each_accuracy_its_standard_error() -> None:
     assert single["standard_error/composition"] is None and single["standard_error/overall"] is None
 
 
+def test_nano_summary_splits_reasoning_by_whether_its_fact_was_held_out_of_training() -> None:
+    """Reasoning prompts that ask for a fact the training split never shows are scored apart from the rest,
+    and scenarios that recall no facts get no such split."""
+    from thinkgen.world.knowledge import HELD_OUT_FACTS
+
+    items = load_nano(40, ["composition", "reasoning"])
+    unseen = {it.key for it in items if set(it.meta["facts"]) & HELD_OUT_FACTS}
+    known = {it.key for it in items if it.category == "reasoning"} - unseen
+    assert unseen and known and all(it.category == "reasoning" for it in items if it.key in unseen)
+    # Right on every known fact, and on the first held-out one only.
+    first = min(unseen)
+    rows = [{"key": it.key, "category": it.category, "error": None,
+             "accuracy": float(it.key in known or it.key == first or it.category == "composition")}
+            for it in items]
+    for row in rows:
+        row["score"] = row["accuracy"]
+    metrics = NanoScorer().aggregate(rows, items)["metrics"]
+    assert metrics["accuracy/known_facts/reasoning"] == 1.0
+    assert metrics["accuracy/held_out_facts/reasoning"] == pytest.approx(1 / len(unseen))
+    assert (metrics["num_prompts/known_facts/reasoning"], metrics["num_prompts/held_out_facts/reasoning"]) == (
+        len(known), len(unseen))
+    assert not any(name.endswith("/composition") and "facts" in name for name in metrics)
+
+
 def test_a_thought_never_closed_does_not_stop_a_run():
     from thinkgen.eval.runner import GenerationConfig, _thinking
 

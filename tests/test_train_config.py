@@ -140,9 +140,21 @@ def test_short_path_script_chains_valid_recipes(tmp_path):
     written: set[str] = set()
     for name, *command in commands:
         recipe = command[command.index("--recipe") + 1].replace("$recipes", str(recipes))
-        overrides = [command[i + 1].replace("$out", str(tmp_path)) for i, a in enumerate(command) if a == "--set"]
+        overrides = [
+            command[i + 1].replace("$out", str(tmp_path)).replace("$((seed+1))", "8").replace("$((seed+2))", "9")
+            .replace("$seed", "7")
+            for i, a in enumerate(command)
+            if a == "--set"
+        ]
         config = load_recipe(recipe, overrides)
         assert config.run.output_dir == str(tmp_path / name)
+        # The script's SEED (7 here) reseeds the stage and the samples it trains on.
+        assert config.run.seed == 7
+        if hasattr(config, "prompts"):
+            assert config.prompts.seed == {"reflection_grpo": 8, "composition_dit_grpo": 9}[name]
+        else:
+            sources = [config.data] if name == "codec" else config.data.sources
+            assert [s.seed for s in sources] == [7] * len(sources)
         model = config.model
         reads = [getattr(model, f) for f in ("mllm", "codec", "pipeline") if hasattr(model, f)]
         for path in reads:

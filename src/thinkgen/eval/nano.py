@@ -12,6 +12,12 @@ spec holds (GenEval's strict rule with exact colours), and its score is the mean
 scenario's accuracy is the mean over its images; overall = the mean of the scenario accuracies. The mean
 clause credit is reported per scenario as well, and the standard error of each accuracy over prompts
 (``standard_error/<scenario>``, ``standard_error/overall``).
+
+Where a scenario's prompts recall facts (the reasoning scenarios), its accuracy is also split by whether a
+prompt asks for a fact the training split never shows (:data:`~thinkgen.world.knowledge.HELD_OUT_FACTS`):
+``accuracy/held_out_facts/<scenario>`` and ``accuracy/known_facts/<scenario>``, with their prompt counts
+(``num_prompts/…``). A model can only guess a held-out fact, so the known-fact accuracy measures the reasoning
+and the held-out one what is left to chance.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..world.knowledge import HELD_OUT_FACTS
 from ..world.scenarios import SCENARIOS, check_scenario, generate
 from ..world.scene import Spec, WorldConfig, get_preset
 from .runner import (
@@ -55,7 +62,8 @@ def load_nano(
         for i in range(num_per_scenario):
             sample = generate(scenario, i, config=world, seed=seed, split="test")
             meta = {"spec": sample.spec.to_dict(), "kind": sample.meta.get("kind"), "answer": sample.answer,
-                    "held_out": sample.meta.get("held_out", False), "preset": preset}
+                    "held_out": sample.meta.get("held_out", False), "facts": list(sample.meta.get("facts", ())),
+                    "preset": preset}
             items.append(EvalItem(f"{scenario}/{i:04d}", scenario, sample.instruction,
                                   tuple(sample.input_images()), meta, index=offset + i))
     return items
@@ -106,6 +114,23 @@ class NanoScorer:
                         **{f"word_accuracy/{c}": v for c, v in category_means(scored, "word_accuracy").items()},
                         # With a few hundred prompts a scenario moves by a few points between seed sets.
                         **{f"{STANDARD_ERROR}{c}": v
-                           for c, v in category_standard_errors(scored, "accuracy").items()}},
+                           for c, v in category_standard_errors(scored, "accuracy").items()},
+                        **_accuracy_by_fact_knowledge(scored, items)},
             "scale": "exact-match accuracy in [0, 1]; overall = mean of the scenario accuracies",
         }
+
+
+def _accuracy_by_fact_knowledge(scored: list[dict[str, Any]], items: Sequence[EvalItem]) -> dict[str, float]:
+    """Accuracy and prompt count per scenario, split by whether the prompt asks for a held-out fact; only for
+    scenarios whose prompts recall facts."""
+    held_out = {item.key: bool(set(item.meta.get("facts", ())) & HELD_OUT_FACTS) for item in items}
+    recalling = {item.category for item in items if item.meta.get("facts")}
+    metrics: dict[str, float] = {}
+    for category in sorted(recalling):
+        rows = [s for s in scored if s["category"] == category and s.get("accuracy") is not None]
+        for name, wanted in (("held_out_facts", True), ("known_facts", False)):
+            values = [s["accuracy"] for s in rows if held_out.get(s["key"]) is wanted]
+            metrics[f"num_prompts/{name}/{category}"] = len(values)
+            if values:
+                metrics[f"accuracy/{name}/{category}"] = mean(values)
+    return metrics
