@@ -132,6 +132,25 @@ def test_ocr_word_accuracy() -> None:
     assert read / len(words) >= 0.98
 
 
+@needs_ocr
+def test_loading_the_ocr_keeps_subnormal_floats_flushed() -> None:
+    """onnxruntime turns flush-to-zero off in the thread that creates its sessions; the reader turns it back
+    on, so a training process that judges words keeps the speed the thinkgen command set it up for."""
+    import torch
+
+    def flushed() -> bool:
+        return float(torch.tensor([1e-39]) * 1.0) == 0.0
+
+    assert torch.set_flush_denormal(True) and flushed()
+    try:
+        WordReader().read([np.full((20, 40), 255, np.uint8)])
+        assert flushed()
+    finally:
+        torch.set_flush_denormal(False)
+    WordReader().read([np.full((20, 40), 255, np.uint8)])
+    assert not flushed()  # a thread that did not flush is left as it was
+
+
 def test_objects_only_detection_never_loads_ocr() -> None:
     world = get_preset("nano")
     scene = Scene(objects=(SceneObject("star", "black", 0.5, 0.5, 0.26),), words=(Word("cat", 0.5, 0.15, 0.2),))

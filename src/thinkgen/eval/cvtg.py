@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from ..world.ocr import new_rapidocr
 from ..world.score import text_metrics
 from .clip import load_clip
 from .runner import EvalItem, FileLayout, category_means, mean, read_json_file, require_field, suffixed
@@ -85,11 +86,7 @@ class FullImageOCR:
     def read(self, image: Image.Image) -> list[str]:
         with self._lock:
             if self._engine is None:
-                try:
-                    from rapidocr_onnxruntime import RapidOCR
-                except ImportError as err:
-                    raise ImportError("CVTG scoring needs the OCR extra: pip install 'thinkgen[ocr]'") from err
-                self._engine = RapidOCR()
+                self._engine = new_rapidocr("CVTG scoring")
         result, _ = self._engine(np.asarray(image.convert("RGB")))
         # Lines come back as [box, text, score]; sort top-to-bottom, then left-to-right by their first corner.
         lines = sorted(result or [], key=lambda r: (round(r[0][0][1]), r[0][0][0]))

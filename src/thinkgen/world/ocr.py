@@ -58,6 +58,37 @@ class OCRConfig:
             )
 
 
+def new_rapidocr(needed_for: str, **kwargs: Any) -> Any:
+    """A RapidOCR engine (``kwargs`` go to ``RapidOCR``) that leaves this thread's handling of subnormal floats
+    as it was.
+
+    Creating its onnxruntime sessions turns flush-to-zero off in the calling thread, which undid the
+    ``thinkgen`` command's setting in every process whose judge read a word: a nano codec's late training
+    steps ran at half speed from its first round-trip check on.
+
+    Raises:
+        ImportError: The ``ocr`` extra is not installed; the message names ``needed_for``.
+    """
+    try:
+        from rapidocr_onnxruntime import RapidOCR
+    except ImportError as err:
+        raise ImportError(
+            f"{needed_for} needs the OCR extra: pip install 'thinkgen[ocr]' (rapidocr_onnxruntime)"
+        ) from err
+    flushing = _flushes_subnormals()
+    engine = RapidOCR(**kwargs)
+    if flushing and not _flushes_subnormals():
+        import torch
+
+        torch.set_flush_denormal(True)
+    return engine
+
+
+def _flushes_subnormals() -> bool:
+    """Whether this thread's float arithmetic flushes subnormal values to zero (``torch.set_flush_denormal``)."""
+    return bool(np.float32(1e-39) * np.float32(1.0) == 0.0)
+
+
 class WordReader:
     """Reads word crops into text with RapidOCR's recognition model (see the module docstring).
 
@@ -77,14 +108,8 @@ class WordReader:
         self._lock = threading.Lock()
 
     def _load(self) -> None:
-        try:
-            from rapidocr_onnxruntime import RapidOCR
-        except ImportError as err:
-            raise ImportError(
-                "reading words needs the OCR extra: pip install 'thinkgen[ocr]' (rapidocr_onnxruntime)"
-            ) from err
         kwargs = {} if self.config.num_threads is None else {"intra_op_num_threads": self.config.num_threads}
-        recognizer = RapidOCR(**kwargs).text_rec
+        recognizer = new_rapidocr("reading words", **kwargs).text_rec
         charset: list[str] = list(recognizer.postprocess_op.character)  # index 0 is the CTC blank
         groups: list[list[int]] = [[0]] + [[] for _ in self.config.alphabet]
         position = {c: i + 1 for i, c in enumerate(self.config.alphabet)}
