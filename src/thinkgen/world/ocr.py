@@ -62,9 +62,9 @@ def new_rapidocr(needed_for: str, **kwargs: Any) -> Any:
     """A RapidOCR engine (``kwargs`` go to ``RapidOCR``) that leaves this thread's handling of subnormal floats
     as it was.
 
-    Creating its onnxruntime sessions turns flush-to-zero off in the calling thread, which undid the
-    ``thinkgen`` command's setting in every process whose judge read a word: a nano codec's late training
-    steps ran at half speed from its first round-trip check on.
+    Creating its onnxruntime sessions turns flush-to-zero off in the calling thread, which would undo the
+    ``thinkgen`` command's setting in any process whose judge reads a word; without it a nano codec's late
+    training steps run at half speed or less.
 
     Raises:
         ImportError: The ``ocr`` extra is not installed; the message names ``needed_for``.
