@@ -20,7 +20,7 @@ import torch
 
 from thinkgen.models.mllm import ThinkGenMLLM, ThinkingConfig
 from thinkgen.models.refine import normalise_instruction
-from thinkgen.world.knowledge import HELD_OUT_FACTS
+from thinkgen.world.knowledge import asks_held_out_fact
 from thinkgen.world.scenarios import SCENARIOS, generate
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,7 +45,7 @@ for scenario in args.scenarios:
     samples = [generate(scenario, i, seed=args.seed, split=args.split) for i in range(args.n)]
     subsets = {"all": samples}
     if args.split != "train":
-        unseen = [bool(set(s.meta.get("facts", ())) & HELD_OUT_FACTS) for s in samples]
+        unseen = [asks_held_out_fact(s.meta.get("facts", ())) for s in samples]
         subsets["seen"] = [s for s, u in zip(samples, unseen) if not u]
         subsets["held_out"] = [s for s, u in zip(samples, unseen) if u]
     for temperature in args.temperatures:

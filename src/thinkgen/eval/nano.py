@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..world.knowledge import HELD_OUT_FACTS
+from ..world.knowledge import asks_held_out_fact
 from ..world.scenarios import SCENARIOS, check_scenario, generate
 from ..world.scene import Spec, WorldConfig, get_preset
 from .runner import (
@@ -123,7 +123,7 @@ class NanoScorer:
 def _accuracy_by_fact_knowledge(scored: list[dict[str, Any]], items: Sequence[EvalItem]) -> dict[str, float]:
     """Accuracy and prompt count per scenario, split by whether the prompt asks for a held-out fact; only for
     scenarios whose prompts recall facts."""
-    held_out = {item.key: bool(set(item.meta.get("facts", ())) & HELD_OUT_FACTS) for item in items}
+    held_out = {item.key: asks_held_out_fact(item.meta.get("facts", ())) for item in items}
     recalling = {item.category for item in items if item.meta.get("facts")}
     metrics: dict[str, float] = {}
     for category in sorted(recalling):

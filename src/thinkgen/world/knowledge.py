@@ -8,6 +8,7 @@ tricycle has wheels"); the model must recall the fact to draw the right image. F
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .scene import WorldConfig
@@ -161,6 +162,11 @@ HELD_OUT_FACTS: frozenset[str] = frozenset(
         "shape:coin", "shape:yield_sign", "shape:sticky_note", "shape:sheriff_badge", "shape:rhombus",
     }
 )
+
+
+def asks_held_out_fact(fact_ids: Iterable[str]) -> bool:
+    """Whether any of ``fact_ids`` (a sample's ``meta["facts"]``) is held out of the train split."""
+    return any(f in HELD_OUT_FACTS for f in fact_ids)
 
 
 def facts_for(config: WorldConfig, kind: FactKind, *, include_held_out: bool = True) -> tuple[Fact, ...]:

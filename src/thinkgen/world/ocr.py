@@ -77,7 +77,7 @@ def new_rapidocr(needed_for: str, **kwargs: Any) -> Any:
         ) from err
     flushing = _flushes_subnormals()
     engine = RapidOCR(**kwargs)
-    if flushing and not _flushes_subnormals():
+    if flushing:  # onnxruntime has turned it off
         import torch
 
         torch.set_flush_denormal(True)

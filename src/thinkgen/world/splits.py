@@ -12,7 +12,7 @@ import hashlib
 import random
 from collections.abc import Iterable
 
-from .knowledge import HELD_OUT_FACTS
+from .knowledge import asks_held_out_fact
 from .scene import Scene, WorldConfig
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -64,4 +64,4 @@ def uses_held_out(config: WorldConfig, scenes: Iterable[Scene], fact_ids: Iterab
     pairs = held_out_pairs(config)
     if any((o.shape, o.colour) in pairs for scene in scenes for o in scene.objects):
         return True
-    return any(f in HELD_OUT_FACTS for f in fact_ids)
+    return asks_held_out_fact(fact_ids)
